@@ -1,0 +1,109 @@
+"""Type stub for the C++ extension `cedstore._core` (built from csrc/ by setup.py).
+
+This is the contract between the C++ core and the Python API in cedstore/. Every error the
+core raises is an instance of a class from `cedstore.errors` (the bindings translate C++
+exceptions), except out-of-range epochs and sample ids, which raise the builtin IndexError.
+Every loop over records runs with the GIL released.
+"""
+
+import numpy as np
+
+MAGIC: bytes  # b"CEDSTORE"
+FORMAT_VERSION: int  # 1
+HEADER_SIZE: int  # 128
+RECORDS_ALIGN: int  # 4096
+SECTION_ALIGN: int  # 8
+MAX_CLASSES: int  # 32767
+UNWRITTEN_INDEX: int  # -1
+
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC-32 (zlib's), continuing from `value`; equals zlib.crc32(data, value)."""
+
+def encode_topk(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of float32 or float16 [B, C] per FORMAT.md.
+
+    Returns (values float16 [B, k], indices int16 [B, k]). Raises InvalidInputError on NaN/Inf
+    (naming the row and class), on overflow to Inf in fp16, on k outside [1, C], C > 32767,
+    or a wrong ndim/dtype.
+    """
+
+class Reader:
+    """Read-only memory map of a store; validated completely at open (header, sections,
+    metadata UTF-8/JSON-object syntax is checked by Python, key table ends/order checked here).
+    Safe to use after fork (the mapping is shared read-only; no threads are started)."""
+
+    def __init__(self, path: str) -> None: ...
+    path: str
+    k: int
+    num_classes: int
+    num_samples: int
+    num_epochs: int
+    record_size: int
+    value_kind: int  # 0 probability, 1 logit
+    records_offset: int
+    file_size: int
+    has_keys: bool
+    def metadata_bytes(self) -> bytes: ...
+    def epoch_table(self) -> list[tuple[int, int]]:
+        """[(state, crc)] per epoch, read now (the file may be written by another process)."""
+    def buffer(self) -> memoryview:
+        """Read-only memoryview of the whole file; keeps the mapping alive while referenced."""
+    def key(self, sample_id: int) -> str: ...
+    def keys(self) -> list[str]: ...
+    def lookup(self, keys: list[str]) -> np.ndarray:
+        """int64 [len(keys)]: sample id of each key, -1 where absent (binary search)."""
+    def decode_dense(
+        self, epoch: int, sample_ids: np.ndarray, fill: float = 0.0, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(targets float32 [B, C], seeds int32 [B]). `out`, when given, must be a C-contiguous
+        writable float32 [B, C] array and is filled and returned (no allocation of targets).
+        sample_ids: any integer array [B] (converted to int64). Raises IndexError for an epoch or
+        id out of range, UnwrittenRecordError for a record never written, IntegrityError for a
+        class index outside [0, C) — each naming file, epoch and sample."""
+    def decode_topk(self, epoch: int, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values float32 [B, k], indices int64 [B, k], seeds int32 [B]); same errors."""
+    def written(self, epoch: int) -> np.ndarray:
+        """bool [N]: which records of the epoch are written."""
+    def verify(self, require_complete: bool = True) -> None:
+        """Full integrity check per FORMAT.md Notes; raises IntegrityError (or
+        UnwrittenRecordError when require_complete and a record is missing) on the first problem."""
+    def close(self) -> None: ...
+
+class Writer:
+    """Read-write memory map of a store being written."""
+
+    @staticmethod
+    def create(
+        path: str,
+        k: int,
+        num_classes: int,
+        num_samples: int,
+        num_epochs: int,
+        value_kind: int,
+        metadata_json: bytes,
+        keys: list[str] | None,
+        overwrite: bool = False,
+    ) -> "Writer":
+        """Create a new file (records filled with 0xFF, all epochs open). Raises
+        InvalidInputError for bad shapes/keys (empty, duplicate — naming both samples, not
+        UTF-8), FileExistsError unless overwrite."""
+    @staticmethod
+    def resume(path: str) -> "Writer":
+        """Open an existing store for writing; marks every epoch open before returning."""
+    path: str
+    k: int
+    num_classes: int
+    num_samples: int
+    num_epochs: int
+    def write_dense(self, epoch: int, sample_ids: np.ndarray, dense: np.ndarray, seeds: np.ndarray) -> None:
+        """Encode float32/float16 [B, C] rows and store them with their seeds (int32, or int64
+        within int32 range, [B]). Duplicate ids within one call are refused."""
+    def write_topk(
+        self, epoch: int, sample_ids: np.ndarray, values: np.ndarray, indices: np.ndarray, seeds: np.ndarray
+    ) -> None:
+        """Store given top-k rows: values float32/float16 [B, k] finite and non-increasing (after
+        fp16 rounding), indices any integer dtype [B, k] in [0, C) and distinct per row."""
+    def written(self, epoch: int) -> np.ndarray: ...
+    def close(self, seal: bool = True) -> None:
+        """Flush; when seal, compute the CRC of every fully written epoch and mark it sealed.
+        Idempotent. Any write after close raises WriterClosedError."""
