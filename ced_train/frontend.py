@@ -1,0 +1,316 @@
+"""Log-mel frontend: 16 kHz waveform -> 64-bin log-mel spectrogram in dB.
+
+The numerics are those of torchaudio's ``MelSpectrogram`` + ``AmplitudeToDB`` defaults used by
+the published CED checkpoints (periodic Hann window, ``center=True`` reflect padding, power
+spectrum, HTK mel scale without filter normalisation), reimplemented on ``torch.stft`` so that
+torchaudio is not a dependency. One deliberate difference: the top-dB floor is taken per example,
+never across the batch, so an example's features do not depend on its batch neighbours.
+
+The module tree mirrors the checkpoints' ``front_end`` so that their two buffers load as is::
+
+    log_mel_frontend()              # nn.Sequential
+      0: MelSpectrogram
+           spectrogram: Spectrogram   buffer window [win_length]
+           mel_scale:   MelScale      buffer fb     [n_fft // 2 + 1, n_mels]
+      1: AmplitudeToDB                (no state)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AmplitudeToDB",
+    "FrontendConfig",
+    "MelScale",
+    "MelSpectrogram",
+    "Spectrogram",
+    "log_mel_frontend",
+    "mel_filterbank",
+    "num_frames",
+]
+
+AMIN = 1e-10  # power floor before log10, as torchaudio's AmplitudeToDB
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Settings of the log-mel frontend; the defaults are those of the CED checkpoints.
+
+    Args:
+        sample_rate: input sample rate in Hz.
+        n_fft: FFT size; the spectrogram has ``n_fft // 2 + 1`` frequency bins.
+        win_length: periodic Hann window length in samples (at most ``n_fft``).
+        hop_length: frame hop in samples.
+        n_mels: number of mel bins.
+        f_min: lowest mel filter edge in Hz.
+        f_max: highest mel filter edge in Hz (at most ``sample_rate / 2``).
+        top_db: dynamic range kept below each example's maximum, in dB.
+
+    Raises:
+        ValueError: if a setting is out of range.
+
+    Example:
+        >>> FrontendConfig().num_frames(160_000)
+        1001
+    """
+
+    sample_rate: int = 16_000
+    n_fft: int = 512
+    win_length: int = 512
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8_000.0
+    top_db: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FrontendConfig.{name}: expected a positive int, got {value!r}")
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"FrontendConfig.win_length: expected at most n_fft={self.n_fft}, "
+                f"got {self.win_length}"
+            )
+        if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(
+                f"FrontendConfig: expected 0 <= f_min < f_max <= sample_rate / 2 = "
+                f"{self.sample_rate / 2}, got f_min={self.f_min}, f_max={self.f_max}"
+            )
+        if not self.top_db > 0:
+            raise ValueError(f"FrontendConfig.top_db: expected > 0, got {self.top_db!r}")
+
+    def to_dict(self) -> dict:
+        """Return the settings as a plain dict (JSON-serialisable, for metadata)."""
+        return asdict(self)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Return the number of frames the frontend gives for ``num_samples`` samples."""
+        return num_frames(num_samples, self.hop_length)
+
+
+def num_frames(num_samples: int, hop_length: int = 160) -> int:
+    """Return the number of STFT frames for a clip (``center=True``).
+
+    Args:
+        num_samples: clip length in samples.
+        hop_length: frame hop in samples.
+
+    Returns:
+        ``num_samples // hop_length + 1``.
+
+    Example:
+        >>> num_frames(160_000)
+        1001
+    """
+    return num_samples // hop_length + 1
+
+
+def mel_filterbank(
+    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
+) -> torch.Tensor:
+    """Return the HTK-scale triangular mel filterbank, unnormalised, as [n_freqs, n_mels].
+
+    Same formula as ``torchaudio.functional.melscale_fbanks(..., norm=None, mel_scale="htk")``,
+    evaluated in float64 and rounded once to float32. torchaudio evaluates it in float32, so the
+    ``mel_scale.fb`` buffer of checkpoints made with it differs from ours by up to about 6e-6
+    (that rounding error moves a tone at a filter's tip by up to ~0.01 dB; ours does not).
+
+    Args:
+        n_freqs: number of STFT bins, ``n_fft // 2 + 1``, spanning 0 .. sample_rate / 2.
+        f_min: lower edge of the first filter in Hz.
+        f_max: upper edge of the last filter in Hz.
+        n_mels: number of filters.
+        sample_rate: sample rate in Hz.
+
+    Returns:
+        float32 tensor [n_freqs, n_mels]; column m is the triangle of mel bin m.
+
+    Example:
+        >>> mel_filterbank(257, 0.0, 8000.0, 64, 16000).shape
+        torch.Size([257, 64])
+    """
+    f64 = torch.float64
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=f64)
+    m_min = 2595.0 * math.log10(1.0 + f_min / 700.0)
+    m_max = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    m_pts = torch.linspace(m_min, m_max, n_mels + 2, dtype=f64)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # filter edges/centres in Hz
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0).to(torch.float32)
+
+
+def _autocast_off(device: torch.device):
+    """Disable autocast for ``device``; the frontend is always computed in float32."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class Spectrogram(nn.Module):
+    """Power STFT with a periodic Hann window, ``center=True`` and reflect padding.
+
+    Args:
+        n_fft: FFT size.
+        win_length: window length in samples (at most ``n_fft``).
+        hop_length: frame hop in samples.
+
+    Example:
+        >>> Spectrogram(512, 512, 160)(torch.randn(2, 16000)).shape
+        torch.Size([2, 257, 101])
+    """
+
+    def __init__(self, n_fft: int = 512, win_length: int = 512, hop_length: int = 160) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.register_buffer("window", torch.hann_window(win_length))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Map float32 ``wave`` [B, S] to the power spectrogram [B, n_fft // 2 + 1, T]."""
+        spec = torch.stft(
+            wave,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        return spec.abs().pow(2.0)
+
+
+class MelScale(nn.Module):
+    """Apply a triangular mel filterbank held in the buffer ``fb`` [n_freqs, n_mels].
+
+    Example:
+        >>> MelScale(mel_filterbank(257, 0.0, 8000.0, 64, 16000))(torch.rand(2, 257, 5)).shape
+        torch.Size([2, 64, 5])
+    """
+
+    def __init__(self, fb: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("fb", fb)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """Map ``spec`` [B, n_freqs, T] to mel bins [B, n_mels, T]."""
+        return torch.matmul(self.fb.transpose(0, 1), spec)  # (n_mels, F) @ (B, F, T)
+
+
+class MelSpectrogram(nn.Module):
+    """Waveform to power mel spectrogram, always in float32 (autocast is disabled inside).
+
+    Args:
+        sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max: as in
+            :class:`FrontendConfig`.
+
+    Raises:
+        ValueError: for invalid settings; in ``forward``, for input that is not [S] or
+            [B, S] or is too short for reflect padding (at most ``n_fft // 2`` samples).
+
+    Example:
+        >>> MelSpectrogram()(torch.randn(2, 160_000)).shape
+        torch.Size([2, 64, 1001])
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16_000,
+        n_fft: int = 512,
+        win_length: int = 512,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float = 8_000.0,
+    ) -> None:
+        super().__init__()
+        FrontendConfig(sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max)
+        self.spectrogram = Spectrogram(n_fft, win_length, hop_length)
+        self.mel_scale = MelScale(
+            mel_filterbank(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate)
+        )
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Map ``wave`` [B, S] (or [S]) to the float32 power mel spectrogram [B, n_mels, T]."""
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)
+        if wave.dim() != 2:
+            raise ValueError(f"expected a waveform [B, S] or [S], got shape {tuple(wave.shape)}")
+        min_samples = self.spectrogram.n_fft // 2 + 1
+        if wave.shape[1] < min_samples:
+            raise ValueError(
+                f"expected at least {min_samples} samples per clip (reflect padding), "
+                f"got {wave.shape[1]}"
+            )
+        with _autocast_off(wave.device):
+            return self.mel_scale(self.spectrogram(wave.float()))  # (B, n_mels, T)
+
+
+class AmplitudeToDB(nn.Module):
+    """Power to dB, ``10 * log10(max(x, 1e-10))``, floored at ``top_db`` below each example's max.
+
+    The floor is computed over the last two dimensions (mel, time) of each example, so a
+    batch gives the same result as its examples one at a time.
+
+    Args:
+        top_db: dynamic range kept below each example's maximum, in dB.
+
+    Example:
+        >>> AmplitudeToDB()(torch.tensor([[[1.0, 1e-20]]]))
+        tensor([[[   0., -100.]]])
+    """
+
+    def __init__(self, top_db: float = 120.0) -> None:
+        super().__init__()
+        self.top_db = top_db
+
+    def forward(self, power: torch.Tensor) -> torch.Tensor:
+        """Map ``power`` [..., F, T] to float32 dB of the same shape."""
+        with _autocast_off(power.device):
+            db = 10.0 * torch.log10(torch.clamp(power.float(), min=AMIN))
+            floor = db.amax(dim=(-2, -1), keepdim=True) - self.top_db
+            return torch.maximum(db, floor)
+
+
+def log_mel_frontend(**config) -> nn.Sequential:
+    """Build the CED log-mel frontend ``nn.Sequential(MelSpectrogram, AmplitudeToDB)``.
+
+    Its state dict holds exactly ``0.spectrogram.window`` and ``0.mel_scale.fb``, matching the
+    ``front_end.*`` buffers of the published checkpoints.
+
+    Args:
+        **config: any :class:`FrontendConfig` field; unspecified fields keep the CED defaults.
+
+    Returns:
+        A module mapping a waveform [B, S] (or [S]) to float32 log-mel dB [B, n_mels, T].
+
+    Raises:
+        TypeError: for an unknown setting name.
+        ValueError: for an invalid setting value.
+
+    Example:
+        >>> log_mel_frontend()(torch.randn(2, 160_000)).shape
+        torch.Size([2, 64, 1001])
+    """
+    cfg = FrontendConfig(**config)
+    return nn.Sequential(
+        MelSpectrogram(
+            cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels, cfg.f_min,
+            cfg.f_max,
+        ),
+        AmplitudeToDB(cfg.top_db),
+    )
