@@ -24,6 +24,18 @@ VARIANTS = {
 }
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, N, N)
+    return attn.softmax(dim=-1) @ v
+
+
+_ATTEND = {"sdpa": _sdpa, "explicit": _explicit}
+
+
 @dataclasses.dataclass
 class CEDConfig:
     """Architecture of a CED model; the defaults are CED-Tiny for the 527 AudioSet classes.
@@ -58,7 +70,9 @@ class CEDConfig:
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
         if min(self.n_mels, self.target_length) < self.patch_size:
             raise ValueError(
                 f"n_mels ({self.n_mels}) and target_length ({self.target_length}) must be at least "
@@ -86,7 +100,7 @@ class CEDConfig:
 
 
 class _Transpose(nn.Module):
-    """Swap two dims; stands in for einops ``Rearrange`` so the norm keeps the name ``init_bn.1``."""
+    """Swap two dims; stands in for einops ``Rearrange`` so the norm is named ``init_bn.1``."""
 
     def __init__(self, dim0: int, dim1: int) -> None:
         super().__init__()
@@ -105,18 +119,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
-
-
-def _explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, N, N)
-    return attn.softmax(dim=-1) @ v
-
-
-_ATTEND = {"sdpa": _sdpa, "explicit": _explicit}
 
 
 class Attention(nn.Module):
@@ -203,7 +205,8 @@ class CED(nn.Module):
         )
         self.patch_embed = PatchEmbed(patch, dim)
         self.blocks = nn.Sequential(
-            *[Block(dim, config.num_heads, config.mlp_ratio, config.attention) for _ in range(config.depth)]
+            *(Block(dim, config.num_heads, config.mlp_ratio, config.attention)
+              for _ in range(config.depth))
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.outputlayer = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, config.num_classes))
@@ -299,7 +302,8 @@ class CED(nn.Module):
         n_mels, patch = self.config.n_mels, self.config.patch_size
         if logmel.dim() != 3 or logmel.shape[1] != n_mels or logmel.shape[2] < patch:
             raise ValueError(
-                f"expected a log-mel of shape (B, {n_mels}, T) with T >= {patch}, got {tuple(logmel.shape)}"
+                f"expected a log-mel of shape (B, {n_mels}, T) with T >= {patch}, "
+                f"got {tuple(logmel.shape)}"
             )
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, F, T) normalised -> (B, N, D)

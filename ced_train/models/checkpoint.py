@@ -10,8 +10,6 @@ import torch
 from ced_train.models.ced import CED, CEDConfig
 
 HEAD_DIM = 64  # every published size; used to infer num_heads from a bare state dict
-
-
 _PLAIN = (torch.Tensor, str, int, float, bool, type(None))
 
 
@@ -25,8 +23,8 @@ def _check_plain(value: Any, where: str) -> None:
             _check_plain(item, f"{where}[{i}]")
     elif not isinstance(value, _PLAIN):
         raise TypeError(
-            f"{where} is a {type(value).__name__}, which torch.load(weights_only=True) cannot read; "
-            "store tensors, dicts, lists, str or numbers"
+            f"{where} is a {type(value).__name__}, which torch.load(weights_only=True) "
+            "cannot read; store tensors, dicts, lists, str or numbers"
         )
 
 
@@ -68,7 +66,10 @@ def infer_config(state: dict[str, torch.Tensor]) -> CEDConfig:
     needed = ["patch_embed.proj.weight", "outputlayer.1.weight", "blocks.0.mlp.fc1.weight"]
     missing = [key for key in needed if key not in state]
     if missing:
-        raise ValueError(f"cannot infer the model size: the checkpoint has no {', '.join(missing)} (and no 'config')")
+        raise ValueError(
+            f"cannot infer the model size: the checkpoint has no {', '.join(missing)} "
+            "(and no 'config')"
+        )
     dim, _, patch, _ = state["patch_embed.proj.weight"].shape
     if dim % HEAD_DIM:
         # Head count does not change any shape, so guessing it would load silently wrong.
@@ -99,7 +100,7 @@ def _load_strict(model: CED, state: dict[str, Any], source: str) -> None:
     mismatched = [
         f"{key} {tuple(getattr(state[key], 'shape', ()))} != {tuple(value.shape)}"
         for key, value in expected.items()
-        if key in state and (not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape)
+        if key in state and getattr(state[key], "shape", None) != value.shape
     ]
     if missing or unexpected or mismatched:
         lines = [f"{source} does not match {model.config}:"]
@@ -135,7 +136,10 @@ def from_checkpoint(path: str | os.PathLike) -> CED:
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a dict (a state dict or {{'model': ...}}), got {type(checkpoint).__name__}")
+        raise ValueError(
+            f"{path}: expected a dict (a state dict or {{'model': ...}}), "
+            f"got {type(checkpoint).__name__}"
+        )
     state = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
     if "config" in checkpoint:
         config = CEDConfig.from_dict(checkpoint["config"])

@@ -1,0 +1,328 @@
+"""``ced-train demo``: the whole CED pipeline on bundled synthetic data, on a CPU, in minutes.
+
+1. A synthetic multi-label dataset (``ced_train.synth``: 14 classes, 1.92 s clips).
+2. Three small teachers trained supervised (fresh augmentation + mixup, different seeds).
+3. Their ensemble extracted twice: into an augmented store (E stored epochs) and a clean store
+   (no augmentation; E = 1, as every epoch would be the same).
+4. Four label-free students, the rows of the paper's Table 3, trained *paired* (same
+   initialization, same batch order, same mixup draws) so that only the targets and the
+   augmentation differ:
+
+   ==============  ===========  ====================================
+   student         store        student augmentation
+   ==============  ===========  ====================================
+   none            clean        none
+   student_only    clean        fresh seeds (not what the teacher saw)
+   teacher_only    augmented    none
+   consistent      augmented    the stored seeds (CED)
+   ==============  ===========  ====================================
+
+5. A table, ``results.json`` and ``results.png`` in the output folder.
+
+The time mask of the recipe is scaled to the clip length: the paper masks up to 192 of 1001
+frames of a 10 s clip, the demo up to 37 of the 193 frames of a 1.92 s clip.
+
+Example:
+    $ ced-train demo --out demo/          # ~7 minutes on 2 cores
+    $ ced-train demo --quick --out tmp/   # toy sizes, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import cedstore
+from ced_train import models, synth
+from ced_train.augment import Recipe
+from ced_train.data import AudioDataset
+from ced_train.evaluate import evaluate
+from ced_train.extract import Ensemble, extract
+from ced_train.frontend import num_frames
+from ced_train.train import TrainConfig, train
+
+__all__ = ["STUDENTS", "DemoConfig", "add_demo_arguments", "run_demo", "demo"]
+
+# name -> (store, student_aug): the paper's Table 3.
+STUDENTS = {
+    "none": ("clean", "none"),
+    "student_only": ("clean", "fresh"),
+    "teacher_only": ("augmented", "none"),
+    "consistent": ("augmented", "store"),
+}
+PAPER_TIME_MASK = (192, 1001)  # up to 192 of the 1001 frames of a 10 s clip
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Sizes of the demo; the defaults are the full demo, :meth:`quick` the toy one.
+
+    Attributes:
+        num_train, num_eval, seconds, num_classes, data_seed: the synthetic dataset.
+        teachers: number of ensemble members.
+        teacher_dim, teacher_depth, teacher_heads, teacher_epochs, teacher_mixup: the teachers.
+        store_epochs: augmentation epochs E of the augmented store.
+        k: top-K kept per record.
+        student_dim, student_depth, student_heads, student_epochs, student_mixup: the students.
+        student_seeds: pairing seeds; each trains the four students once (results averaged).
+        batch_size, lr, warmup_steps: shared by teachers and students.
+        sweep_store_epochs: also train a consistent student on the first E' stored epochs
+            for each E' listed (an E sweep; empty: none).
+    """
+
+    num_train: int = 1000
+    num_eval: int = 2000
+    seconds: float = 1.92
+    num_classes: int = 14
+    data_seed: int = 0
+    teachers: int = 3
+    teacher_dim: int = 96
+    teacher_depth: int = 3
+    teacher_heads: int = 3
+    teacher_epochs: int = 40
+    teacher_mixup: float = 0.5
+    store_epochs: int = 40
+    k: int = 5
+    student_dim: int = 64
+    student_depth: int = 2
+    student_heads: int = 2
+    student_epochs: int = 40
+    student_mixup: float = 0.0
+    student_seeds: tuple[int, ...] = (0,)
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    sweep_store_epochs: tuple[int, ...] = ()
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """Toy sizes: the same path in seconds (for CI and tests)."""
+        values = dict(num_train=48, num_eval=48, seconds=0.64, teachers=2, teacher_dim=32,
+                      teacher_depth=1, teacher_heads=2, teacher_epochs=2, store_epochs=2,
+                      student_dim=32, student_depth=1, student_heads=2, student_epochs=2,
+                      batch_size=16, warmup_steps=2)
+        return cls(**{**values, **overrides})
+
+    def recipe(self) -> Recipe:
+        """The paper's recipe with the time mask scaled to the clip length."""
+        frames = num_frames(round(self.seconds * 16000))
+        mask = max(1, round(PAPER_TIME_MASK[0] * frames / PAPER_TIME_MASK[1]))
+        return Recipe(time_mask_max=mask)
+
+
+class _FirstEpochs:
+    """A store seen through its first ``num_epochs`` epochs (for the E sweep)."""
+
+    def __init__(self, store: cedstore.Store, num_epochs: int) -> None:
+        self._store, self.num_epochs = store, min(num_epochs, store.num_epochs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _model(config: DemoConfig, role: str, seed: int) -> models.CED:
+    torch.manual_seed(seed)  # the same seed gives the same initial weights: paired students
+    dim, depth, heads = (getattr(config, f"{role}_{name}") for name in ("dim", "depth", "heads"))
+    return models.create("ced_custom", num_classes=config.num_classes, embed_dim=dim, depth=depth,
+                         num_heads=heads)
+
+
+def _train_config(config: DemoConfig, role: str, seed: int, **kwargs: Any) -> TrainConfig:
+    return TrainConfig(epochs=getattr(config, f"{role}_epochs"), batch_size=config.batch_size,
+                       lr=config.lr, warmup_steps=config.warmup_steps, optimizer="adam8bit",
+                       mixup_alpha=getattr(config, f"{role}_mixup"), seed=seed, eval_every=0,
+                       verbose=False, **kwargs)
+
+
+def demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, Any]:
+    """Run the demo into ``out`` and return the results (also written to ``out/results.json``).
+
+    Args:
+        out: output folder (created); holds data/, the stores, results.json and results.png.
+        config: sizes; the full demo by default.
+
+    Returns:
+        ``{"teachers": [{"name", "mAP"}], "ensemble_mAP", "students": {name: mAP},
+        "store_bytes", "seconds", ...}``; with several pairing seeds the student mAPs are
+        their means, the per-seed values are in ``students_per_seed``.
+
+    Example:
+        >>> results = demo("demo/", DemoConfig.quick())
+        >>> results["students"]["consistent"]
+    """
+    config = config or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    recipe = config.recipe()
+    _log(f"demo: {config.num_train} training and {config.num_eval} eval clips of {config.seconds} s, "
+         f"{config.num_classes} classes; recipe {recipe.to_json()}")
+
+    train_tsv, eval_tsv, names = synth.make_dataset(out / "data", config.num_train, config.num_eval,
+                                                    config.seconds, config.num_classes, config.data_seed)
+    train_set = AudioDataset.from_tsv(train_tsv, num_classes=config.num_classes, cache=True)
+    eval_set = AudioDataset.from_tsv(eval_tsv, num_classes=config.num_classes, cache=True)
+    timings = {"data": time.perf_counter() - start}
+
+    # ---- teachers: supervised, fresh augmentation + mixup, one seed each
+    t0 = time.perf_counter()
+    teachers, teacher_results = [], []
+    for i in range(config.teachers):
+        model = _model(config, "teacher", seed=100 + i)
+        tc = _train_config(config, "teacher", seed=100 + i, supervised=True, student_aug="fresh")
+        train(model, train_set, tc, eval_dataset=None, recipe=recipe)
+        mAP = evaluate(model, eval_set, batch_size=128).mAP
+        teachers.append(model.eval())
+        teacher_results.append({"name": f"teacher{i + 1}", "mAP": mAP})
+        _log(f"teacher {i + 1}/{config.teachers}: mAP {mAP:.4f} ({time.perf_counter() - t0:.0f} s)")
+    ensemble = Ensemble(teachers)
+    frontend = teachers[0].front_end
+    ensemble_mAP = evaluate(lambda waves: ensemble(frontend(waves)), eval_set, batch_size=128).mAP
+    _log(f"ensemble of {config.teachers}: mAP {ensemble_mAP:.4f}")
+    timings["teachers"] = time.perf_counter() - t0
+
+    # ---- extraction: augmented (E epochs) and clean (1 epoch) stores
+    t0 = time.perf_counter()
+    stores, stats = {}, {}
+    for name, epochs, store_recipe in (("augmented", config.store_epochs, recipe), ("clean", 1, None)):
+        path = out / f"teacher_{name}.ced"
+        if path.exists():
+            path.unlink()  # a fresh extraction each run (extract would resume a matching one)
+        stats[name] = extract(ensemble, train_set, path, epochs=epochs, k=config.k, base_seed=0,
+                              recipe=store_recipe, batch_size=128, class_names=names, progress=False)
+        stores[name] = cedstore.open(path)
+        _log(f"store {path.name}: E={epochs}, {stores[name].file_size} bytes, "
+             f"{stats[name].records_per_second:.0f} records/s")
+    timings["extract"] = time.perf_counter() - t0
+
+    # ---- students: paired (same init, batch order and mixup draws per seed)
+    t0 = time.perf_counter()
+    per_seed: dict[str, list[float]] = {name: [] for name in STUDENTS}
+    for seed in config.student_seeds:
+        for name, (store_name, student_aug) in STUDENTS.items():
+            model = _model(config, "student", seed=seed)
+            tc = _train_config(config, "student", seed=seed, student_aug=student_aug)
+            train(model, train_set, tc, stores[store_name], recipe=recipe if student_aug == "fresh" else None,
+                  class_names=names)
+            per_seed[name].append(evaluate(model, eval_set, batch_size=128).mAP)
+            _log(f"student {name} (seed {seed}): mAP {per_seed[name][-1]:.4f} ({time.perf_counter() - t0:.0f} s)")
+    students = {name: float(np.mean(values)) for name, values in per_seed.items()}
+    timings["students"] = time.perf_counter() - t0
+
+    sweep = {}
+    for epochs in config.sweep_store_epochs:
+        seed = config.student_seeds[0]
+        model = _model(config, "student", seed=seed)
+        tc = _train_config(config, "student", seed=seed, student_aug="store")
+        train(model, train_set, tc, _FirstEpochs(stores["augmented"], epochs), class_names=names)
+        sweep[str(epochs)] = evaluate(model, eval_set, batch_size=128).mAP
+        _log(f"E sweep: consistent student on the first {epochs} stored epochs: mAP {sweep[str(epochs)]:.4f}")
+
+    results = {
+        "teachers": teacher_results,
+        "ensemble_mAP": ensemble_mAP,
+        "students": students,
+        "students_per_seed": per_seed,
+        "store_bytes": stores["augmented"].file_size,
+        "clean_store_bytes": stores["clean"].file_size,
+        "records_per_s": stats["augmented"].records_per_second,
+        "seconds": time.perf_counter() - start,
+        "timings": timings,
+        "config": dataclasses.asdict(config),
+        "recipe": json.loads(recipe.to_json()),
+    }
+    if sweep:
+        results["store_epochs_sweep"] = sweep
+    for store in stores.values():
+        store.close()
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    _plot(results, out / "results.png")
+    _log(format_table(results))
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as a plain-text table."""
+    rows = [(t["name"] + " (supervised)", t["mAP"]) for t in results["teachers"]]
+    rows.append(("ensemble", results["ensemble_mAP"]))
+    for name, value in results["students"].items():
+        store_name, student_aug = STUDENTS[name]
+        rows.append((f"student {name} ({store_name} store, aug {student_aug})", value))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'model':<{width}}  mAP", f"{'-' * width}  ------"]
+    lines += [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+    lines.append(f"augmented store: {results['store_bytes']} bytes, extraction "
+                 f"{results['records_per_s']:.0f} records/s; total {results['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    labels = [t["name"] for t in results["teachers"]] + ["ensemble"] + list(results["students"])
+    values = [t["mAP"] for t in results["teachers"]] + [results["ensemble_mAP"]] + list(results["students"].values())
+    colors = ["#9e9e9e"] * len(results["teachers"]) + ["#616161"] + ["#90caf9", "#64b5f6", "#1e88e5", "#0d47a1"]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    bars = ax.bar(labels, values, color=colors[: len(values)])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    low = min(values)
+    ax.set_ylim(max(0.0, low - 0.1), min(1.0, max(values) + 0.05))
+    ax.set_ylabel("mAP (eval)")
+    ax.set_title("CED demo: teachers, ensemble and the four label-free students (Table 3)")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``ced-train demo`` options to ``parser``."""
+    parser.add_argument("--out", default="demo", help="output folder (demo)")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: the same path in seconds")
+    parser.add_argument("--student-seeds", default=None,
+                        help="comma-separated pairing seeds; the students are trained once per seed (0)")
+    parser.add_argument("--store-epochs", type=int, help="augmentation epochs E of the augmented store")
+    parser.add_argument("--sweep-store-epochs", default="",
+                        help="comma-separated E' values: also train consistent students on E' stored epochs")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run ``ced-train demo``; returns the exit status."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides: dict[str, Any] = {}
+    if args.student_seeds:
+        overrides["student_seeds"] = _ints(args.student_seeds)
+    if args.store_epochs:
+        overrides["store_epochs"] = args.store_epochs
+    if args.sweep_store_epochs:
+        overrides["sweep_store_epochs"] = _ints(args.sweep_store_epochs)
+    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    demo(args.out, config)
+    return 0

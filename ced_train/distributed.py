@@ -1,0 +1,107 @@
+"""Small torch.distributed helpers for scripts started with ``torchrun`` (or plainly).
+
+``torchrun --nproc_per_node R script.py`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` reads them and joins the process group (gloo
+on CPU, nccl on CUDA). Without them it returns a one-process :class:`DistInfo` and every helper
+below degrades to a no-op, so the same code runs with and without torchrun.
+
+Example:
+    >>> dist_info = setup("cpu")
+    >>> if dist_info.is_main:
+    ...     print("only once")
+    >>> barrier()
+    >>> cleanup()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "barrier", "broadcast_object", "cleanup", "is_distributed", "setup"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank, the number of processes and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that does the one-off work (create files, print)."""
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    """Return True when a process group with more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def setup(device: str | torch.device = "cpu") -> DistInfo:
+    """Join the torchrun process group if the environment names one; pick this rank's device.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or a specific device. Under torchrun, ``"cuda"`` becomes
+            ``cuda:LOCAL_RANK`` and the backend is nccl; on CPU it is gloo.
+
+    Returns:
+        This process's :class:`DistInfo` (rank 0 of 1 when not started by torchrun).
+
+    Raises:
+        ValueError: WORLD_SIZE is set but RANK is missing, or they are inconsistent.
+
+    Example:
+        >>> setup("cpu").world_size   # plain python: no process group
+        1
+    """
+    device = torch.device(device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, device)
+    if "RANK" not in os.environ:
+        raise ValueError(f"WORLD_SIZE={world_size} is set but RANK is not; start with torchrun")
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if not 0 <= rank < world_size:
+        raise ValueError(f"expected 0 <= RANK < WORLD_SIZE={world_size}, got RANK={rank}")
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world_size, **kwargs)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def barrier() -> None:
+    """Wait for every process of the group; a no-op without one."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Return rank ``src``'s ``obj`` on every rank (picklable objects); identity without a group.
+
+    Example:
+        >>> error = broadcast_object(check_something() if dist_info.is_main else None)
+    """
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def cleanup() -> None:
+    """Leave the process group (if one was joined); call at the end of a torchrun script."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,204 @@
+"""Evaluation (mAP over a labelled dataset) and tagging (top classes of one recording).
+
+A *model* here is anything that maps a waveform batch to probabilities: an ``nn.Module`` with
+``predict(wave [B, S]) -> probs [B, C]`` (the CED ViTs of ``ced_train.models``), or any
+callable doing the same. Inputs are float32 tensors at 16 kHz.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .data import SAMPLE_RATE, AudioDataset, load_audio
+from .labels import default_names
+from .metrics import mean_average_precision
+
+__all__ = ["EvalResult", "evaluate", "write_per_class_csv", "predict", "tag"]
+
+# Shorter input is zero-padded for tagging: one 16-frame patch at a 10 ms hop needs ~0.16 s.
+_MIN_TAG_SAMPLES = SAMPLE_RATE // 4
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """mAP over the classes with positives, per-class AP (NaN: no positive) and clip count."""
+
+    mAP: float
+    per_class_ap: np.ndarray
+    num_clips: int
+
+
+def _predict_fn(model) -> Callable:
+    fn = getattr(model, "predict", model)
+    if not callable(fn):
+        raise TypeError("model must have a predict method or be callable, "
+                        f"got {type(model).__name__}")
+    return fn
+
+
+def predict(model, waves, device: str | torch.device = "cpu") -> np.ndarray:
+    """Run a model on a waveform batch and return probabilities as float64 numpy.
+
+    Args:
+        model: an ``nn.Module`` with ``predict``, or a callable; put in eval mode for the call
+            (its previous mode is restored).
+        waves: float32 ``[B, S]`` numpy array or tensor at 16 kHz.
+        device: the model's device; inputs are moved there (the model is not moved).
+
+    Returns:
+        float64 ``[B, C]`` probabilities.
+
+    Raises:
+        ValueError: the output is not ``[B, C]`` or holds values outside ``[0, 1]``/NaN.
+
+    Example:
+        >>> probs = predict(model, np.zeros((2, 16000), np.float32))  # doctest: +SKIP
+    """
+    fn = _predict_fn(model)
+    x = torch.as_tensor(waves, dtype=torch.float32).to(device)
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        with torch.inference_mode():
+            out = fn(x)
+    finally:
+        if was_training:
+            model.train()
+    if torch.is_tensor(out):
+        out = out.detach().double().cpu().numpy()
+    out = np.asarray(out, dtype=np.float64)
+    if out.ndim != 2 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"model returned shape {out.shape}, expected [{x.shape[0]}, num_classes]")
+    if not ((out >= 0) & (out <= 1)).all():
+        raise ValueError("model returned values outside [0, 1] (or NaN): "
+                         "predict must give probabilities")
+    return out
+
+
+def evaluate(
+    model, dataset: AudioDataset, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> EvalResult:
+    """Score every chunk of a labelled dataset and compute mAP (sklearn's AP, macro average).
+
+    Chunks are batched by equal length, so no chunk is scored with padding (and each
+    chunk of a long file counts as one clip with the file's labels).
+
+    Args:
+        model: an ``nn.Module`` with ``predict`` or a callable (see :func:`predict`).
+        dataset: an :class:`AudioDataset` with labels.
+        batch_size: chunks per forward pass.
+        device: the model's device; inputs are moved there (the model is not moved).
+
+    Returns:
+        :class:`EvalResult`.
+
+    Raises:
+        ValueError: the dataset has no labels, or the model's class count differs from it.
+
+    Example:
+        >>> ds = AudioDataset.from_tsv("eval.tsv", num_classes=527)  # doctest: +SKIP
+        >>> print(f"mAP {evaluate(model, ds).mAP:.4f}")               # doctest: +SKIP
+    """
+    if dataset.labels([0]) is None:
+        raise ValueError(f"{dataset.source}: cannot evaluate without labels (no 'labels' column)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    num_classes = dataset.num_classes
+    scores = np.zeros((len(dataset), num_classes))
+    order = np.argsort(dataset.lengths, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(dataset.lengths[order])) + 1)
+    for group in groups:
+        for lo in range(0, len(group), batch_size):
+            ids = group[lo:lo + batch_size]
+            probs = predict(model, dataset.load_batch(ids), device)
+            if probs.shape[1] != num_classes:
+                raise ValueError(f"model has {probs.shape[1]} outputs but {dataset.source} has "
+                                 f"{num_classes} classes")
+            scores[ids] = probs
+    m, per_class = mean_average_precision(scores, dataset.labels(range(len(dataset))))
+    return EvalResult(m, per_class, len(dataset))
+
+
+def write_per_class_csv(
+    path: str | os.PathLike, per_class_ap: Sequence[float], names: Sequence[str] | None = None
+) -> Path:
+    """Write ``index,name,ap`` rows, one per class (``nan`` for classes without positives).
+
+    Args:
+        path: output CSV.
+        per_class_ap: ``[C]`` APs, e.g. ``EvalResult.per_class_ap``.
+        names: ``C`` class names; None uses :func:`ced_train.labels.default_names`.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: ``names`` has a different length.
+
+    Example:
+        >>> write_per_class_csv("per_class.csv", result.per_class_ap)  # doctest: +SKIP
+    """
+    ap = np.asarray(per_class_ap, dtype=np.float64)
+    names = default_names(len(ap)) if names is None else list(names)
+    if len(names) != len(ap):
+        raise ValueError(f"got {len(names)} names for {len(ap)} classes")
+    path = Path(path)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "name", "ap"])
+        for i, (name, v) in enumerate(zip(names, ap)):
+            w.writerow([i, name, "nan" if np.isnan(v) else f"{v:.6f}"])
+    return path
+
+
+def tag(
+    model,
+    wave_or_path,
+    top: int = 5,
+    names: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> list[tuple[int, str, float]]:
+    """The ``top`` most probable classes of one recording of any length.
+
+    Args:
+        model: an ``nn.Module`` with ``predict`` or a callable (see :func:`predict`); long
+            input is the model's business (CED models average over 10 s chunks).
+        wave_or_path: a path (decoded mono at 16 kHz with :func:`ced_train.data.load_audio`) or
+            a 1-D float waveform at 16 kHz (numpy or tensor). Input shorter than 0.25 s is
+            zero-padded to 0.25 s.
+        top: how many classes to return (at most the number of classes).
+        names: class names; None: AudioSet names for 527 outputs, else ``class_<i>``.
+        device: the model's device; inputs are moved there (the model is not moved).
+
+    Returns:
+        ``[(index, name, probability), ...]`` sorted by decreasing probability.
+
+    Raises:
+        DataError: the file cannot be read.
+        ValueError: the waveform is empty or not 1-D, or ``names`` has the wrong length.
+
+    Example:
+        >>> for i, name, p in tag(model, "dog.wav"):  # doctest: +SKIP
+        ...     print(f"{p:.3f} {name}")
+    """
+    if isinstance(wave_or_path, (str, os.PathLike)):
+        wave = load_audio(wave_or_path)
+    else:
+        wave = torch.as_tensor(wave_or_path, dtype=torch.float32).cpu().numpy()
+    if wave.ndim != 1 or wave.size == 0:
+        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
+    wave = np.pad(wave, (0, max(0, _MIN_TAG_SAMPLES - len(wave))))
+    probs = predict(model, wave[None], device)[0]
+    names = default_names(len(probs)) if names is None else list(names)
+    if len(names) != len(probs):
+        raise ValueError(f"got {len(names)} names for a model with {len(probs)} outputs")
+    best = np.argsort(-probs, kind="stable")[: max(0, top)]
+    return [(int(i), names[i], float(probs[i])) for i in best]

@@ -1,0 +1,379 @@
+"""The cedstore file format, version 1, as executable Python (FORMAT.md is normative).
+
+Constants, the header, the section layout, metadata and key table codecs, and a reference
+reader and writer built on ``struct``, ``zlib`` and plain numpy. It is written to be read, not
+to be fast, and never imports the C++ core: the tests check that the core and this module write
+byte-identical files and decode them identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from cedstore.errors import FormatError, InvalidInputError, UnsupportedVersionError
+
+MAGIC = b"CEDSTORE"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER_SIZE = 128
+RECORDS_ALIGN = 4096
+SECTION_ALIGN = 8
+MAX_CLASSES = 32767
+UNWRITTEN_INDEX = -1
+VALUE_KINDS = {"probability": 0, "logit": 1}
+EPOCH_OPEN, EPOCH_SEALED = 0, 1
+
+# magic, version, header_size, k, num_classes, num_samples, num_epochs, record_size, value_kind,
+# reserved0, metadata_offset/length, keys_offset/length, epoch_table_offset/length,
+# records_offset/length, reserved1, header_crc
+HEADER_FORMAT = "<8sIIIIQIIIIQQQQQQQQ12sI"
+EPOCH_ENTRY_FORMAT = "<II"  # state, crc
+KEY_TABLE_PREFIX_FORMAT = "<QQ"  # num_keys, blob_length
+
+# Reserved metadata keys and their JSON types (`object` means any JSON value).
+RESERVED_METADATA = {
+    "writer": str,
+    "activation": str,
+    "tail_policy": str,
+    "label_space": dict,
+    "teacher": object,
+    "augmentation": dict,
+    "frontend": dict,
+    "dataset_sha256": str,
+    "user": dict,
+}
+ACTIVATIONS = ("sigmoid", "softmax")
+
+assert struct.calcsize(HEADER_FORMAT) == HEADER_SIZE
+
+
+def record_dtype(k: int) -> np.dtype:
+    """The numpy dtype of one record: values f16[k], indices i16[k], seed i32 (4k + 4 bytes)."""
+    return np.dtype([("values", "<f2", (k,)), ("indices", "<i2", (k,)), ("seed", "<i4")])
+
+
+def _align(offset: int, alignment: int) -> int:
+    return -(-offset // alignment) * alignment
+
+
+def key_table_length(num_samples: int, blob_length: int) -> int:
+    """Bytes of a key table: prefix, N + 1 ends, N order entries, then the key bytes."""
+    return 16 + 8 * (num_samples + 1) + 8 * num_samples + blob_length
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """The 128-byte header, field by field (FORMAT.md, "Header")."""
+
+    magic: bytes
+    version: int
+    header_size: int
+    k: int
+    num_classes: int
+    num_samples: int
+    num_epochs: int
+    record_size: int
+    value_kind: int
+    reserved0: int
+    metadata_offset: int
+    metadata_length: int
+    keys_offset: int
+    keys_length: int
+    epoch_table_offset: int
+    epoch_table_length: int
+    records_offset: int
+    records_length: int
+    reserved1: bytes
+    header_crc: int
+
+    def pack(self) -> bytes:
+        """The 128 header bytes, with `header_crc` recomputed over bytes 0-123."""
+        fields = dataclasses.astuple(self)[:-1]
+        body = struct.pack(HEADER_FORMAT, *fields, 0)[:124]
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @property
+    def file_size(self) -> int:
+        return self.records_offset + self.records_length
+
+
+def layout(
+    k: int, num_classes: int, num_samples: int, num_epochs: int, value_kind: int,
+    metadata_length: int, keys_length: int,
+) -> Header:
+    """The header of a new file: every section at the smallest aligned offset after the last.
+
+    Example:
+        >>> layout(20, 527, 1000, 1, 0, 40, 0).records_offset
+        4096
+    """
+    record_size = 4 * k + 4
+    keys_offset = _align(HEADER_SIZE + metadata_length, SECTION_ALIGN)
+    epoch_table_offset = _align(keys_offset + keys_length, SECTION_ALIGN)
+    records_offset = _align(epoch_table_offset + 8 * num_epochs, RECORDS_ALIGN)
+    return Header(
+        MAGIC, FORMAT_VERSION, HEADER_SIZE, k, num_classes, num_samples, num_epochs, record_size,
+        value_kind, 0, HEADER_SIZE, metadata_length, keys_offset, keys_length,
+        epoch_table_offset, 8 * num_epochs, records_offset,
+        num_epochs * num_samples * record_size, bytes(12), 0,
+    )
+
+
+def read_header(buf: bytes, path: str) -> Header:
+    """Parse and check the header of a whole file `buf`, in the order FORMAT.md prescribes.
+
+    Raises:
+        FormatError: not a cedstore file, corrupt header, or sections that do not fit the file.
+        UnsupportedVersionError: a format version this reader does not know.
+    """
+    if len(buf) < HEADER_SIZE:
+        raise FormatError(f"{path}: not a cedstore file: expected at least {HEADER_SIZE} bytes, found {len(buf)}")
+    if buf[:8] != MAGIC:
+        raise FormatError(f"{path}: not a cedstore file: expected magic {MAGIC!r}, found {bytes(buf[:8])!r}")
+    (version,) = struct.unpack_from("<I", buf, 8)
+    if version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersionError(
+            f"{path}: format version {version}, this cedstore reads version "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (a newer cedstore may read it)"
+        )
+    (stored_crc,) = struct.unpack_from("<I", buf, 124)
+    crc = zlib.crc32(buf[:124])
+    if crc != stored_crc:
+        raise FormatError(
+            f"{path}: header CRC mismatch: stored 0x{stored_crc:08x}, computed 0x{crc:08x} (the header is corrupted)"
+        )
+    h = Header(*struct.unpack_from(HEADER_FORMAT, buf, 0))
+    expected = layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind,
+                      h.metadata_length, h.keys_length)
+    rules = [  # (field, valid, what is expected), checked in this order
+        ("header_size", h.header_size == HEADER_SIZE, HEADER_SIZE),
+        ("num_classes", 1 <= h.num_classes <= MAX_CLASSES, f"1 <= num_classes <= {MAX_CLASSES}"),
+        ("k", 1 <= h.k <= h.num_classes, f"1 <= k <= num_classes ({h.num_classes})"),
+        ("num_samples", h.num_samples >= 1, ">= 1"),
+        ("num_epochs", h.num_epochs >= 1, ">= 1"),
+        ("value_kind", h.value_kind in VALUE_KINDS.values(), "0 (probability) or 1 (logit)"),
+        ("record_size", h.record_size == 4 * h.k + 4, f"4*k + 4 = {4 * h.k + 4}"),
+        ("reserved0", h.reserved0 == 0, 0),
+        ("metadata_offset", h.metadata_offset == HEADER_SIZE, HEADER_SIZE),
+        ("metadata_length", h.metadata_length >= 2, ">= 2"),
+        ("reserved1", h.reserved1 == bytes(12), "12 zero bytes"),
+        ("keys_offset", h.keys_offset == expected.keys_offset, expected.keys_offset),
+        ("epoch_table_offset", h.epoch_table_offset == expected.epoch_table_offset, expected.epoch_table_offset),
+        ("epoch_table_length", h.epoch_table_length == expected.epoch_table_length, expected.epoch_table_length),
+        ("records_offset", h.records_offset == expected.records_offset, expected.records_offset),
+        ("records_length", h.records_length == expected.records_length, expected.records_length),
+    ]
+    for name, valid, rule in rules:
+        if not valid:
+            raise FormatError(f"{path}: header field {name}: expected {rule}, found {getattr(h, name)!r}")
+    if len(buf) < h.file_size:
+        raise FormatError(f"{path}: file is truncated: expected {h.file_size} bytes, found {len(buf)}")
+    if len(buf) > h.file_size:
+        raise FormatError(f"{path}: unexpected data after the records: expected {h.file_size} bytes, found {len(buf)}")
+    return h
+
+
+def check_sections(buf: bytes, h: Header, path: str) -> None:
+    """The parts of the file outside the header that are checked at open: zero gaps, epoch table.
+
+    Raises:
+        FormatError: a non-zero gap byte, or an epoch entry that is neither open nor sealed.
+    """
+    gaps = [(HEADER_SIZE + h.metadata_length, h.keys_offset),
+            (h.keys_offset + h.keys_length, h.epoch_table_offset),
+            (h.epoch_table_offset + h.epoch_table_length, h.records_offset)]
+    if any(any(buf[start:end]) for start, end in gaps):
+        raise FormatError(f"{path}: alignment gap between sections is not zero")
+    for epoch in range(h.num_epochs):
+        state, crc = struct.unpack_from(EPOCH_ENTRY_FORMAT, buf, h.epoch_table_offset + 8 * epoch)
+        if state not in (EPOCH_OPEN, EPOCH_SEALED):
+            raise FormatError(f"{path}: epoch {epoch}: state: expected 0 (open) or 1 (sealed), found {state}")
+        if state == EPOCH_OPEN and crc != 0:
+            raise FormatError(f"{path}: epoch {epoch}: an open epoch must have crc 0, found 0x{crc:08x}")
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+
+def check_metadata(meta: Any, where: str, error: type[Exception]) -> None:
+    """Check that `meta` is a dict with a string `writer` and typed reserved keys; messages
+    start with `where` (a path and ": ", or "")."""
+    if not isinstance(meta, dict):
+        raise error(f"{where}metadata must be a JSON object, found {type(meta).__name__}")
+    if not isinstance(meta.get("writer"), str):
+        raise error(f"{where}metadata key 'writer' is required and must be a string")
+    for key, kind in RESERVED_METADATA.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise error(
+                f"{where}metadata key {key!r} must be a JSON "
+                f"{'object' if kind is dict else 'string'}, found {type(meta[key]).__name__}"
+            )
+    if "activation" in meta and meta["activation"] not in ACTIVATIONS:
+        raise error(f"{where}metadata key 'activation' must be 'sigmoid' or 'softmax', found {meta['activation']!r}")
+
+
+def encode_metadata(meta: dict) -> bytes:
+    """Deterministic UTF-8 JSON (sorted keys, compact, no NaN) so every writer emits the same bytes.
+
+    Raises:
+        InvalidInputError: `meta` breaks the reserved-key rules or is not JSON-serializable.
+    """
+    check_metadata(meta, "", InvalidInputError)
+    try:
+        text = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # unserializable value, NaN, lone surrogate
+        raise InvalidInputError(f"metadata is not serializable as strict UTF-8 JSON: {e}") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_metadata(raw: bytes, path: str) -> dict:
+    """Parse metadata bytes (data only: nothing is executed) and check the reserved keys.
+
+    Raises:
+        FormatError: not UTF-8, not strict JSON, not an object, or a reserved key of the wrong type.
+    """
+    try:
+        meta = json.loads(bytes(raw).decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FormatError(f"{path}: metadata is not UTF-8 JSON: {e}") from None
+    check_metadata(meta, f"{path}: ", FormatError)
+    return meta
+
+
+# --- key table -------------------------------------------------------------------------------
+
+
+def encode_key_table(keys: list[str], num_samples: int) -> bytes:
+    """Key table bytes for one non-empty, unique UTF-8 key per sample."""
+    if len(keys) != num_samples:
+        raise InvalidInputError(f"{len(keys)} keys given for {num_samples} samples")
+    encoded = []
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError(f"key of sample {i} must be a non-empty string, found {key!r}")
+        try:
+            encoded.append(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"key of sample {i} is not valid UTF-8: {key!r}") from None
+    order = sorted(range(num_samples), key=lambda i: encoded[i])
+    for a, b in zip(order, order[1:]):
+        if encoded[a] == encoded[b]:
+            raise InvalidInputError(f"samples {min(a, b)} and {max(a, b)} have the same key {keys[a]!r}")
+    ends = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype("<u8")
+    blob = b"".join(encoded)
+    prefix = struct.pack(KEY_TABLE_PREFIX_FORMAT, num_samples, len(blob))
+    return prefix + ends.tobytes() + np.asarray(order, "<u8").tobytes() + blob
+
+
+def decode_key_table(table: bytes, num_samples: int, path: str) -> tuple[list[bytes], list[int]]:
+    """(keys as bytes, order) of a key table, checked completely.
+
+    Raises:
+        FormatError: any rule of FORMAT.md "Key table" is broken.
+    """
+    def bad(message: str):
+        raise FormatError(f"{path}: key table: {message}")
+
+    if len(table) < 16:
+        bad(f"expected at least 16 bytes, found {len(table)}")
+    n, blob_length = struct.unpack_from(KEY_TABLE_PREFIX_FORMAT, table, 0)
+    if n != num_samples:
+        bad(f"num_keys: expected num_samples ({num_samples}), found {n}")
+    if key_table_length(n, blob_length) != len(table):
+        bad(f"length: expected 16 + 16*num_samples + 8 + blob_length (blob_length {blob_length}) "
+            f"= keys_length ({len(table)})")
+    ends = [int(x) for x in np.frombuffer(table, "<u8", n + 1, 16)]
+    order = [int(x) for x in np.frombuffer(table, "<u8", n, 16 + 8 * (n + 1))]
+    blob = table[16 + 8 * (n + 1) + 8 * n:]
+    if ends[0] != 0:
+        bad(f"ends[0]: expected 0, found {ends[0]}")
+    if ends[n] != blob_length:
+        bad(f"ends[{n}]: expected blob_length ({blob_length}), found {ends[n]}")
+    keys = []
+    for i in range(n):
+        if ends[i + 1] == ends[i]:
+            bad(f"key of sample {i} is empty")
+        if ends[i + 1] < ends[i]:
+            bad(f"ends must be non-decreasing, found ends[{i}] = {ends[i]} > ends[{i + 1}] = {ends[i + 1]}")
+        if ends[i + 1] > blob_length:
+            bad(f"ends[{i + 1}] = {ends[i + 1]} exceeds blob_length {blob_length}")
+        keys.append(blob[ends[i]:ends[i + 1]])
+        try:
+            keys[i].decode("utf-8")
+        except UnicodeDecodeError:
+            bad(f"key of sample {i} is not valid UTF-8")
+    seen = set()
+    for j, sample in enumerate(order):
+        if sample >= n:
+            bad(f"order[{j}] = {sample} is not a sample id (expected < {n})")
+        if sample in seen:
+            bad(f"order lists sample {sample} twice")
+        seen.add(sample)
+        if j > 0 and keys[order[j - 1]] == keys[sample]:
+            bad(f"duplicate key {keys[sample].decode()!r} (samples {order[j - 1]} and {sample})")
+        if j > 0 and keys[order[j - 1]] > keys[sample]:
+            bad(f"order is not sorted by key: {keys[order[j - 1]].decode()!r} (sample {order[j - 1]}) "
+                f"comes before {keys[sample].decode()!r} (sample {sample})")
+    return keys, order
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def encode_topk_reference(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of float32/float16 [B, C]: (values float16 [B, k], indices int16 [B, k]).
+
+    Classes are ordered by a stable sort of ``-x`` (ties: lower class first), values rounded to
+    float16 to nearest even. Raises InvalidInputError like the core's ``encode_topk``.
+    """
+    x = np.asarray(dense)
+    if x.dtype not in (np.float32, np.float16) or x.ndim != 2:
+        raise InvalidInputError(f"teacher outputs must be float32 or float16 [B, C], found {x.dtype} {x.shape}")
+    num_classes = x.shape[1]
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise InvalidInputError(f"num_classes {num_classes} must be in [1, {MAX_CLASSES}]")
+    if not 1 <= k <= num_classes:
+        raise InvalidInputError(f"k {k} must be in [1, num_classes={num_classes}]")
+    x = x.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        row, col = bad[0]
+        raise InvalidInputError(f"row {row}, class {col}: teacher output {x[row, col]} is not finite")
+    indices = np.argsort(-x, axis=1, kind="stable")[:, :k]
+    with np.errstate(over="ignore"):  # overflow to Inf is reported below, with its row and class
+        values = np.take_along_axis(x, indices, axis=1).astype(np.float16)
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, j = bad[0]
+        raise InvalidInputError(
+            f"row {row}, class {indices[row, j]}: teacher output {x[row, indices[row, j]]} "
+            "overflows float16"
+        )
+    return values, indices.astype(np.int16)
+
+
+def check_record(values: np.ndarray, indices: np.ndarray, num_classes: int) -> str | None:
+    """What is wrong with one written record's content, or None (FORMAT.md "Records")."""
+    seen = set()
+    for j, (value, cls) in enumerate(zip(values.astype(np.float32).tolist(), indices.tolist())):
+        if not 0 <= cls < num_classes:
+            return f"class index {cls} at position {j} outside [0, {num_classes})"
+        if cls in seen:
+            return f"class index {cls} appears twice"
+        seen.add(cls)
+        if not np.isfinite(value):
+            return f"value at position {j} is not finite"
+        if j > 0 and value > previous:
+            return f"values are not non-increasing: {previous} at position {j - 1}, then {value}"
+        previous = value
+    return None

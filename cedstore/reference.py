@@ -1,0 +1,255 @@
+"""Reference reader and writer: FORMAT.md with ``open``, ``struct`` and numpy, no C++.
+
+Slow on purpose: every rule is a visible line. The tests use these to check that the C++ core
+writes byte-identical files and decodes them identically; nothing in the public API uses them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from cedstore.errors import (
+    IntegrityError,
+    InvalidInputError,
+    UnwrittenRecordError,
+    WriterClosedError,
+)
+from cedstore.format import (
+    EPOCH_ENTRY_FORMAT,
+    EPOCH_SEALED,
+    HEADER_SIZE,
+    MAX_CLASSES,
+    Header,
+    check_record,
+    check_sections,
+    decode_key_table,
+    decode_metadata,
+    encode_key_table,
+    encode_topk_reference,
+    layout,
+    read_header,
+    record_dtype,
+)
+
+
+def _check_index(value: int, bound: int, what: str, path: str) -> int:
+    if not 0 <= value < bound:
+        raise IndexError(f"{path}: {what} {value} out of range [0, {bound})")
+    return int(value)
+
+
+class ReferenceReader:
+    """A whole store read into memory and checked as the core checks it at open.
+
+    Example:
+        >>> r = ReferenceReader("teacher.ced")
+        >>> targets, seeds = r.decode_dense(0, [3, 1])
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+        h = self.header = read_header(self.data, self.path)
+        check_sections(self.data, h, self.path)
+        self.k, self.num_classes, self.num_samples = h.k, h.num_classes, h.num_samples
+        self.num_epochs, self.record_size, self.value_kind = h.num_epochs, h.record_size, h.value_kind
+        self.metadata = decode_metadata(self.metadata_bytes(), self.path)
+        self._keys, self._order = [], []
+        if h.keys_length:
+            table = self.data[h.keys_offset:h.keys_offset + h.keys_length]
+            self._keys, self._order = decode_key_table(table, h.num_samples, self.path)
+        self.has_keys = bool(h.keys_length)
+
+    def metadata_bytes(self) -> bytes:
+        return self.data[HEADER_SIZE:HEADER_SIZE + self.header.metadata_length]
+
+    def epoch_table(self) -> list[tuple[int, int]]:
+        start = self.header.epoch_table_offset
+        return [struct.unpack_from(EPOCH_ENTRY_FORMAT, self.data, start + 8 * e) for e in range(self.num_epochs)]
+
+    def keys(self) -> list[str] | None:
+        return [key.decode("utf-8") for key in self._keys] if self.has_keys else None
+
+    def lookup(self, keys: list[str]) -> np.ndarray:
+        """int64 sample id per key, -1 where absent: a binary search over `order`."""
+        ids = np.full(len(keys), -1, np.int64)
+        sorted_keys = [self._keys[i] for i in self._order]
+        for j, key in enumerate(keys):
+            b = key.encode("utf-8")
+            pos = bisect.bisect_left(sorted_keys, b)
+            if pos < len(sorted_keys) and sorted_keys[pos] == b:
+                ids[j] = self._order[pos]
+        return ids
+
+    def records(self, epoch: int) -> np.ndarray:
+        """The epoch's N records as a read-only structured array."""
+        epoch = _check_index(epoch, self.num_epochs, "epoch", self.path)
+        n = self.num_samples
+        offset = self.header.records_offset + epoch * n * self.record_size
+        return np.frombuffer(self.data, record_dtype(self.k), n, offset)
+
+    def written(self, epoch: int) -> np.ndarray:
+        return self.records(epoch)["indices"][:, 0] != -1
+
+    def decode_topk(self, epoch: int, sample_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values float32 [B, k], indices int64 [B, k], seeds int32 [B])."""
+        records = self.records(epoch)
+        ids = [_check_index(i, self.num_samples, f"epoch {epoch}: sample", self.path)
+               for i in np.asarray(sample_ids).reshape(-1).tolist()]
+        rows = records[ids]
+        for i, row in zip(ids, rows):
+            if row["indices"][0] == -1:
+                raise UnwrittenRecordError(f"{self.path}: epoch {epoch}, sample {i}: record not written")
+            for position, cls in enumerate(row["indices"].tolist()):
+                if not 0 <= cls < self.num_classes:
+                    raise IntegrityError(
+                        f"{self.path}: epoch {epoch}, sample {i}: class index {cls} at position {position} "
+                        f"outside [0, {self.num_classes}) (the record is corrupted)"
+                    )
+        return rows["values"].astype(np.float32), rows["indices"].astype(np.int64), rows["seed"].astype(np.int32)
+
+    def decode_dense(self, epoch: int, sample_ids, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(targets float32 [B, C], seeds int32 [B]): `fill` outside the top-k."""
+        values, indices, seeds = self.decode_topk(epoch, sample_ids)
+        targets = np.full((len(seeds), self.num_classes), fill, np.float32)
+        for row in range(len(seeds)):
+            targets[row, indices[row]] = values[row]
+        return targets, seeds
+
+    def verify(self, require_complete: bool = True) -> None:
+        """Every record of every epoch, then the CRC of each sealed epoch (the rest was checked
+        at open). Raises IntegrityError, or UnwrittenRecordError when `require_complete`."""
+        for epoch, (state, crc) in enumerate(self.epoch_table()):
+            where = f"{self.path}: epoch {epoch}"
+            records = self.records(epoch)
+            for i, row in enumerate(records):
+                if row["indices"][0] == -1:
+                    if state == EPOCH_SEALED:
+                        raise IntegrityError(f"{where}, sample {i}: record not written in a sealed epoch")
+                    if require_complete:
+                        raise UnwrittenRecordError(f"{where}, sample {i}: record not written")
+                    continue
+                problem = check_record(row["values"], row["indices"], self.num_classes)
+                if problem:
+                    raise IntegrityError(f"{where}, sample {i}: {problem}")
+            actual = zlib.crc32(records.tobytes())
+            if state == EPOCH_SEALED and actual != crc:
+                raise IntegrityError(
+                    f"{where}: CRC mismatch: sealed with 0x{crc:08x}, records have 0x{actual:08x} "
+                    "(the epoch is corrupted)"
+                )
+
+
+class ReferenceWriter:
+    """Writes a store record by record with seek/write, as FORMAT.md describes; same verbs as
+    the core's Writer (create, resume, write_dense, write_topk, written, close)."""
+
+    def __init__(self, path: str, file, header: Header):
+        self.path, self._file, self.header = path, file, header
+        self.k, self.num_classes = header.k, header.num_classes
+        self.num_samples, self.num_epochs = header.num_samples, header.num_epochs
+
+    @classmethod
+    def create(cls, path, k: int, num_classes: int, num_samples: int, num_epochs: int,
+               value_kind: int, metadata_json: bytes, keys: list[str] | None,
+               overwrite: bool = False) -> ReferenceWriter:
+        path = os.fspath(path)
+        if not 1 <= num_classes <= MAX_CLASSES or not 1 <= k <= num_classes:
+            raise InvalidInputError(f"need 1 <= k <= num_classes <= {MAX_CLASSES}, got k={k}, num_classes={num_classes}")
+        if num_samples < 1 or num_epochs < 1:
+            raise InvalidInputError(f"need num_samples >= 1 and num_epochs >= 1, got {num_samples}, {num_epochs}")
+        key_table = encode_key_table(keys, num_samples) if keys is not None else b""
+        h = layout(k, num_classes, num_samples, num_epochs, value_kind, len(metadata_json), len(key_table))
+        file = open(path, "wb" if overwrite else "xb")
+        file.write(h.pack() + metadata_json)
+        file.write(bytes(h.keys_offset - file.tell()) + key_table)
+        file.write(bytes(h.records_offset - file.tell()))  # gap, the all-open epoch table, gap
+        chunk = b"\xff" * h.record_size * 4096
+        for start in range(0, h.records_length, len(chunk)):
+            file.write(chunk[:h.records_length - start])
+        file.close()
+        return cls(path, open(path, "r+b"), h)
+
+    @classmethod
+    def resume(cls, path) -> ReferenceWriter:
+        path = os.fspath(path)
+        h = ReferenceReader(path).header
+        file = open(path, "r+b")
+        file.seek(h.epoch_table_offset)
+        file.write(bytes(8 * h.num_epochs))  # every epoch open before any record changes
+        file.flush()
+        return cls(path, file, h)
+
+    def _check_batch(self, epoch: int, sample_ids, width: int, rows: np.ndarray, seeds) -> tuple:
+        if self._file is None:
+            raise WriterClosedError(f"{self.path}: writer is closed")
+        epoch = _check_index(epoch, self.num_epochs, "epoch", self.path)
+        ids = np.asarray(sample_ids).reshape(-1)
+        seeds = np.asarray(seeds)
+        if rows.ndim != 2 or rows.shape != (len(ids), width) or seeds.shape != ids.shape:
+            raise InvalidInputError(f"{self.path}: shapes do not match for {len(ids)} samples")
+        if seeds.dtype not in (np.int32, np.int64) or np.any(seeds != seeds.astype(np.int32)):
+            raise InvalidInputError(f"{self.path}: seeds must be int32 (or int64 within int32 range)")
+        for i in ids.tolist():
+            _check_index(i, self.num_samples, f"epoch {epoch}: sample", self.path)
+        if len(set(ids.tolist())) != len(ids):
+            raise InvalidInputError(f"{self.path}: epoch {epoch}: a sample id is repeated in one write")
+        return epoch, ids.tolist(), seeds.astype(np.int32)
+
+    def write_dense(self, epoch: int, sample_ids, dense, seeds) -> None:
+        dense = np.asarray(dense)
+        epoch, ids, seeds = self._check_batch(epoch, sample_ids, self.num_classes, dense, seeds)
+        values, indices = encode_topk_reference(dense, self.k)
+        self._store(epoch, ids, values, indices, seeds)
+
+    def write_topk(self, epoch: int, sample_ids, values, indices, seeds) -> None:
+        values = np.asarray(values)
+        indices = np.asarray(indices)
+        epoch, ids, seeds = self._check_batch(epoch, sample_ids, self.k, values, seeds)
+        if indices.shape != values.shape:
+            raise InvalidInputError(f"{self.path}: indices shape {indices.shape} != values shape {values.shape}")
+        values = values.astype(np.float16)
+        for i, v, c in zip(ids, values, indices):
+            problem = check_record(v, c, self.num_classes)
+            if problem:
+                raise InvalidInputError(f"{self.path}: epoch {epoch}, sample {i}: {problem}")
+        self._store(epoch, ids, values, indices.astype(np.int16), seeds)
+
+    def _store(self, epoch: int, ids: list[int], values, indices, seeds) -> None:
+        h = self.header
+        for i, v, c, s in zip(ids, values, indices, seeds):
+            record = np.zeros((), record_dtype(self.k))
+            record["values"], record["indices"], record["seed"] = v, c, s
+            data = record.tobytes()
+            start = h.records_offset + (epoch * self.num_samples + i) * h.record_size
+            first_index = slice(2 * self.k, 2 * self.k + 2)
+            self._file.seek(start)  # everything but indices[0], then indices[0]: never half-written
+            self._file.write(data[:first_index.start] + b"\xff\xff" + data[first_index.stop:])
+            self._file.seek(start + first_index.start)
+            self._file.write(data[first_index])
+
+    def written(self, epoch: int) -> np.ndarray:
+        self._file.flush()
+        return ReferenceReader(self.path).written(epoch)
+
+    def close(self, seal: bool = True) -> None:
+        """Flush; when `seal`, store the CRC of every fully written epoch and mark it sealed."""
+        if self._file is None:
+            return
+        self._file.flush()
+        if seal:
+            reader = ReferenceReader(self.path)
+            for epoch in range(self.num_epochs):
+                records = reader.records(epoch)
+                if np.all(records["indices"][:, 0] != -1):
+                    crc = zlib.crc32(records.tobytes())
+                    self._file.seek(self.header.epoch_table_offset + 8 * epoch)
+                    self._file.write(struct.pack(EPOCH_ENTRY_FORMAT, EPOCH_SEALED, crc))
+        self._file.close()
+        self._file = None

@@ -1,0 +1,167 @@
+// Per-row kernels shared by the reader, the writer and encode_topk: top-k selection with fp16
+// rounding, and record decoding. Plain loops over raw pointers; callers check bounds first.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "format.hpp"
+#include "fp16.hpp"
+
+namespace cedstore {
+
+enum class Fault : uint8_t { kNone, kNaN, kInf, kOverflow };
+
+// The first problem found while encoding a batch.
+struct EncodeFault {
+    Fault kind = Fault::kNone;
+    size_t row = 0;
+    uint32_t cls = 0;
+    float value = 0.0f;
+};
+
+// "nan", "inf", ... for messages.
+inline const char* fault_text(Fault f) {
+    switch (f) {
+        case Fault::kNaN: return "NaN; values must be finite";
+        case Fault::kInf: return "infinite; values must be finite";
+        case Fault::kOverflow: return "outside the float16 range (|x| < 65520), it would be stored as Inf";
+        default: return "fine";
+    }
+}
+
+// Scratch memory reused across the rows of one batch.
+struct TopkScratch {
+    std::vector<float> row;        // a float16 row converted to float32
+    std::vector<float> values;     // the selection buffer, descending
+    std::vector<uint32_t> order;   // for large k: candidate class ids
+};
+
+// Selects the k largest of x[0, c) in a stable order (ties: lower class first), exactly the
+// first k of np.argsort(-x, kind="stable"). Precondition: x is finite, 1 <= k <= c.
+inline void select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, int16_t* indices) {
+    if (k > 64) {  // a sorted insertion buffer costs O(c*k); use O(c log c) for large k
+        s.order.resize(c);
+        std::iota(s.order.begin(), s.order.end(), 0u);
+        const auto before = [x](uint32_t a, uint32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+        std::partial_sort(s.order.begin(), s.order.begin() + k, s.order.end(), before);
+        for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.order[j]);
+        return;
+    }
+    s.values.resize(k);
+    float* bv = s.values.data();
+    uint32_t m = 0;  // entries filled; bv[0, m) is non-increasing, equal values in class order
+    for (uint32_t i = 0; i < c; ++i) {
+        const float v = x[i];
+        uint32_t pos;
+        if (m == k) {
+            if (!(v > bv[k - 1])) continue;  // equal loses: a later class
+            pos = k - 1;
+        } else {
+            pos = m++;
+        }
+        for (; pos > 0 && bv[pos - 1] < v; --pos) {
+            bv[pos] = bv[pos - 1];
+            indices[pos] = indices[pos - 1];
+        }
+        bv[pos] = v;
+        indices[pos] = static_cast<int16_t>(i);
+    }
+}
+
+// Index of the first non-finite value in x[0, c), or c. Branch-free first pass (vectorises).
+inline uint32_t first_non_finite(const float* x, uint32_t c) {
+    uint32_t bad = 0;
+    for (uint32_t i = 0; i < c; ++i) bad += (f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u;
+    if (bad == 0) return c;
+    for (uint32_t i = 0; i < c; ++i)
+        if ((f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return i;
+    return c;
+}
+
+// Encodes rows x[n][c] (float32 when T is float, float16 bits when T is uint16_t) into
+// values[n][k] (float16 bits) and indices[n][k]. Returns the first fault; rows after it are
+// not encoded.
+template <class T>
+EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* values, int16_t* indices) {
+    TopkScratch s;
+    EncodeFault f;
+    for (size_t r = 0; r < n; ++r) {
+        const float* row;
+        if constexpr (std::is_same_v<T, float>) {
+            row = x + r * c;
+        } else {
+            s.row.resize(c);
+            for (uint32_t i = 0; i < c; ++i) s.row[i] = f16_to_f32(x[r * c + i]);
+            row = s.row.data();
+        }
+        const uint32_t bad = first_non_finite(row, c);
+        if (bad < c) {
+            f.kind = row[bad] != row[bad] ? Fault::kNaN : Fault::kInf;
+            f.row = r, f.cls = bad, f.value = row[bad];
+            return f;
+        }
+        int16_t* idx = indices + r * k;
+        uint16_t* val = values + r * k;
+        select_topk(row, c, k, s, idx);
+        for (uint32_t j = 0; j < k; ++j) {
+            val[j] = f32_to_f16(row[idx[j]]);
+            if (!f16_is_finite(val[j])) {
+                f.kind = Fault::kOverflow, f.row = r, f.cls = static_cast<uint32_t>(idx[j]), f.value = row[idx[j]];
+                return f;
+            }
+        }
+    }
+    return f;
+}
+
+// Record layout: values f16[k] at 0, indices i16[k] at 2k, seed i32 at 4k.
+enum class RecordStatus : uint8_t { kOk, kUnwritten, kBadIndex };
+
+inline bool record_written(const uint8_t* rec, uint32_t k) {
+    return load<int16_t>(rec + 2 * k) != kUnwrittenIndex;
+}
+
+// Decodes one record into out[0, c). Preconditions: rec holds record_size bytes, out c floats.
+// On kBadIndex, *bad_pos is the position j of the class index outside [0, c).
+inline RecordStatus decode_dense_record(const uint8_t* rec, uint32_t k, uint32_t c, float fill, bool zero_fill,
+                                        float* out, int32_t* seed, uint32_t* bad_pos) {
+    const uint8_t* idx = rec + 2 * k;
+    if (load<int16_t>(idx) == kUnwrittenIndex) return RecordStatus::kUnwritten;
+    if (zero_fill) std::memset(out, 0, sizeof(float) * c);
+    else std::fill_n(out, c, fill);
+    for (uint32_t j = 0; j < k; ++j) {
+        const uint16_t cls = load<uint16_t>(idx + 2 * j);  // negative i16 -> >= 32768 >= c
+        if (cls >= c) {
+            *bad_pos = j;
+            return RecordStatus::kBadIndex;
+        }
+        out[cls] = f16_to_f32(load<uint16_t>(rec + 2 * j));
+    }
+    *seed = load<int32_t>(rec + 4 * k);
+    return RecordStatus::kOk;
+}
+
+inline RecordStatus decode_topk_record(const uint8_t* rec, uint32_t k, uint32_t c, float* values, int64_t* indices,
+                                       int32_t* seed, uint32_t* bad_pos) {
+    const uint8_t* idx = rec + 2 * k;
+    if (load<int16_t>(idx) == kUnwrittenIndex) return RecordStatus::kUnwritten;
+    for (uint32_t j = 0; j < k; ++j) {
+        const uint16_t cls = load<uint16_t>(idx + 2 * j);
+        if (cls >= c) {
+            *bad_pos = j;
+            return RecordStatus::kBadIndex;
+        }
+        indices[j] = cls;
+        values[j] = f16_to_f32(load<uint16_t>(rec + 2 * j));
+    }
+    *seed = load<int32_t>(rec + 4 * k);
+    return RecordStatus::kOk;
+}
+
+}  // namespace cedstore

@@ -1,0 +1,119 @@
+// Reader and Writer: a store file mapped into memory, and the batch operations on its records.
+// No Python here; every method may run with the GIL released. No threads and no locks, so a
+// Reader stays usable in a child process after fork (the read-only mapping is inherited).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "format.hpp"
+
+namespace cedstore {
+
+// A whole file mapped with mmap; unmapped when the last owner lets go.
+class Mapping {
+  public:
+    Mapping(int fd, uint64_t size, bool writable, const std::string& path);
+    ~Mapping();
+    Mapping(const Mapping&) = delete;
+    Mapping& operator=(const Mapping&) = delete;
+    uint8_t* data() const { return data_; }
+    uint64_t size() const { return size_; }
+    void sync(uint64_t offset, uint64_t length) const;  // msync(MS_SYNC) of the pages covering the range
+
+  private:
+    uint8_t* data_ = nullptr;
+    uint64_t size_ = 0;
+    std::string path_;
+};
+
+// Opens path, checks all of it (parse_header, check_sections) and maps it.
+std::pair<std::shared_ptr<Mapping>, Header> open_store(const std::string& path, bool writable);
+
+// Values of a batch given as float32, or as float16 bits.
+struct FloatArray {
+    const void* data;
+    bool half;
+};
+
+// Shared by Reader and Writer: the checked header and record addressing.
+class Store {
+  public:
+    const std::string& path() const { return path_; }
+    const Header& header() const { return h_; }
+    const std::shared_ptr<Mapping>& mapping() const { return map_; }
+    std::pair<uint32_t, uint32_t> epoch_entry(uint32_t epoch) const;  // (state, crc), read now
+    KeyTable key_table() const { return KeyTable{map_->data() + h_.keys_offset, h_.num_samples}; }
+    std::string metadata() const;
+    void written(int64_t epoch, bool* out) const;
+
+  protected:
+    Store(std::string path, std::shared_ptr<Mapping> map, const Header& h);
+    // IndexError unless 0 <= epoch < E; returns the epoch's first record.
+    const uint8_t* epoch_records(int64_t epoch) const;
+    // IndexError for the first id outside [0, N).
+    void check_ids(int64_t epoch, const int64_t* ids, size_t n) const;
+
+    std::string path_;
+    std::shared_ptr<Mapping> map_;
+    Header h_;
+};
+
+class Reader : public Store {
+  public:
+    // Maps path read-only and validates it completely (FormatError, UnsupportedVersionError).
+    explicit Reader(const std::string& path);
+
+    // out[n][C] and seeds[n]. Raises IndexError, UnwrittenRecordError, IntegrityError.
+    void decode_dense(int64_t epoch, const int64_t* ids, size_t n, float fill, float* out, int32_t* seeds) const;
+    // values[n][k], indices[n][k], seeds[n]; the same errors.
+    void decode_topk(int64_t epoch, const int64_t* ids, size_t n, float* values, int64_t* indices,
+                     int32_t* seeds) const;
+    // Every record and every sealed epoch's CRC (FORMAT.md, Notes). IntegrityError, or
+    // UnwrittenRecordError for a missing record when require_complete.
+    void verify(bool require_complete) const;
+
+  private:
+    [[noreturn]] void fail_record(int64_t epoch, int64_t id, int status, uint32_t pos, const uint8_t* rec) const;
+};
+
+class Writer : public Store {
+  public:
+    // A new file: header, metadata, key table, open epochs, records filled with 0xFF.
+    // InvalidInputError for bad shapes or keys; OSError (FileExistsError) from the OS.
+    static std::unique_ptr<Writer> create(const std::string& path, uint32_t k, uint32_t num_classes,
+                                          uint64_t num_samples, uint32_t num_epochs, uint32_t value_kind,
+                                          const std::string& metadata, const std::vector<std::string>* keys,
+                                          bool overwrite);
+    // An existing file, validated like a Reader; every epoch is marked open before returning.
+    static std::unique_ptr<Writer> resume(const std::string& path);
+
+    // Encodes dense[n][num_cols] and stores rows with seeds (int32 range). Nothing is written
+    // unless the whole batch is valid.
+    void write_dense(int64_t epoch, const int64_t* ids, size_t n, FloatArray dense, size_t num_cols,
+                     const int64_t* seeds);
+    // Stores given top-k rows: values[n][num_cols] non-increasing after fp16 rounding, indices
+    // in [0, C) and distinct per row.
+    void write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray values, size_t num_cols,
+                    const int64_t* indices, const int64_t* seeds);
+    void written(int64_t epoch, bool* out) const;
+    // Seals each fully written epoch (when seal) and flushes. Idempotent.
+    void close(bool seal);
+    bool closed() const { return closed_.load(); }
+
+  private:
+    Writer(std::string path, std::shared_ptr<Mapping> map, const Header& h) : Store(std::move(path), std::move(map), h) {}
+    void check_open() const;
+    void check_batch(int64_t epoch, const int64_t* ids, size_t n, size_t num_cols, size_t expected_cols,
+                     const char* what, const int64_t* seeds) const;
+    void store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int16_t* indices,
+                       const int64_t* seeds);
+    std::atomic<bool> closed_{false};
+};
+
+}  // namespace cedstore

@@ -1,0 +1,242 @@
+// Writer: creating, resuming, filling and sealing a store (FORMAT.md, "Records" and "Epoch table").
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <limits>
+#include <numeric>
+
+#include "crc32.hpp"
+#include "kernels.hpp"
+#include "store.hpp"
+
+namespace cedstore {
+
+namespace {
+
+struct Fd {
+    int fd;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+std::string where(const std::string& path, int64_t epoch, int64_t id, size_t row) {
+    return path + ": epoch " + std::to_string(epoch) + ", sample " + std::to_string(id) + " (row " +
+           std::to_string(row) + ")";
+}
+
+// Checks keys and returns `order` (sample ids sorted by key bytes) and the blob length.
+std::vector<uint64_t> sort_keys(const std::vector<std::string>& keys, uint64_t num_samples, uint64_t* blob_length) {
+    if (keys.size() != num_samples)
+        fail(ErrorKind::kInvalidInput, "keys: expected one per sample (", num_samples, "), found ", keys.size());
+    *blob_length = 0;
+    for (size_t i = 0; i < keys.size(); ++i) {
+        if (keys[i].empty()) fail(ErrorKind::kInvalidInput, "keys: the key of sample ", i, " is empty");
+        if (!utf8_valid(reinterpret_cast<const uint8_t*>(keys[i].data()), keys[i].size()))
+            fail(ErrorKind::kInvalidInput, "keys: the key of sample ", i, " is not valid UTF-8");
+        *blob_length += keys[i].size();
+    }
+    std::vector<uint64_t> order(keys.size());
+    std::iota(order.begin(), order.end(), uint64_t{0});
+    // std::string compares bytes as unsigned char (memcmp), the order FORMAT.md asks for.
+    std::stable_sort(order.begin(), order.end(), [&](uint64_t a, uint64_t b) { return keys[a] < keys[b]; });
+    for (size_t j = 1; j < order.size(); ++j)
+        if (keys[order[j - 1]] == keys[order[j]])
+            fail(ErrorKind::kInvalidInput, "keys: duplicate key '", keys[order[j]], "' (samples ", order[j - 1], " and ",
+                 order[j], ")");
+    return order;
+}
+
+void fill_key_table(uint8_t* base, const std::vector<std::string>& keys, const std::vector<uint64_t>& order,
+                    uint64_t blob_length) {
+    const uint64_t n = keys.size();
+    store<uint64_t>(base, n);
+    store<uint64_t>(base + 8, blob_length);
+    uint8_t* blob = base + 24 + 16 * n;
+    uint64_t end = 0;
+    store<uint64_t>(base + 16, 0);
+    for (uint64_t i = 0; i < n; ++i) {
+        std::memcpy(blob + end, keys[i].data(), keys[i].size());
+        end += keys[i].size();
+        store<uint64_t>(base + 16 + 8 * (i + 1), end);
+        store<uint64_t>(base + 24 + 8 * n + 8 * i, order[i]);
+    }
+}
+
+}  // namespace
+
+std::unique_ptr<Writer> Writer::create(const std::string& path, uint32_t k, uint32_t num_classes, uint64_t num_samples,
+                                       uint32_t num_epochs, uint32_t value_kind, const std::string& metadata,
+                                       const std::vector<std::string>* keys, bool overwrite) {
+    uint64_t blob_length = 0, keys_length = 0;
+    std::vector<uint64_t> order;
+    if (keys != nullptr) {
+        order = sort_keys(*keys, num_samples, &blob_length);
+        if (!key_table_length(num_samples, blob_length, &keys_length))
+            fail(ErrorKind::kInvalidInput, "keys: the key table does not fit in a 64-bit file size");
+    }
+    const Header h = make_header(k, num_classes, num_samples, num_epochs, value_kind, metadata.size(), keys_length);
+
+    // Replacing by unlink + create: a Reader still mapping the old file keeps its pages.
+    if (overwrite && ::unlink(path.c_str()) != 0 && errno != ENOENT) fail_os("unlink", path);
+    Fd f{::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
+    if (f.fd < 0) fail_os("", path);
+    try {
+        // Reserve the blocks now: running out of disk later would be SIGBUS on a mapped write.
+        if (const int err = ::posix_fallocate(f.fd, 0, static_cast<off_t>(h.file_size())); err != 0) {
+            errno = err;
+            fail_os("allocating " + std::to_string(h.file_size()) + " bytes", path);
+        }
+        auto map = std::make_shared<Mapping>(f.fd, h.file_size(), true, path);
+        uint8_t* d = map->data();  // zero-filled: gaps and the epoch table (all open, crc 0) are done
+        std::memcpy(d + kHeaderSize, metadata.data(), metadata.size());
+        if (keys != nullptr) fill_key_table(d + h.keys_offset, *keys, order, blob_length);
+        std::memset(d + h.records_offset, 0xff, h.records_length);  // every record unwritten
+        encode_header(h, d);  // last: a process killed before this leaves a file without magic
+        return std::unique_ptr<Writer>(new Writer(path, std::move(map), h));
+    } catch (...) {
+        ::unlink(path.c_str());
+        throw;
+    }
+}
+
+std::unique_ptr<Writer> Writer::resume(const std::string& path) {
+    auto [map, h] = open_store(path, true);  // validated exactly like a Reader
+    std::unique_ptr<Writer> w(new Writer(path, std::move(map), h));
+    uint8_t* table = w->map_->data() + h.epoch_table_offset;
+    for (uint32_t e = 0; e < h.num_epochs; ++e)  // (open, crc 0) in one store per entry
+        __atomic_store_n(reinterpret_cast<uint64_t*>(table + 8 * e), uint64_t{0}, __ATOMIC_RELEASE);
+    w->map_->sync(h.epoch_table_offset, h.epoch_table_length);  // open on disk before any record changes
+    return w;
+}
+
+void Writer::check_open() const {
+    if (closed_.load()) fail(ErrorKind::kWriterClosed, path_, ": the writer is closed");
+}
+
+void Writer::written(int64_t epoch, bool* out) const {
+    check_open();
+    Store::written(epoch, out);
+}
+
+void Writer::check_batch(int64_t epoch, const int64_t* ids, size_t n, size_t num_cols, size_t expected_cols,
+                         const char* what, const int64_t* seeds) const {
+    check_open();
+    epoch_records(epoch);
+    if (num_cols != expected_cols)
+        fail(ErrorKind::kInvalidInput, path_, ": ", what, ": expected ", expected_cols, " columns (",
+             expected_cols == h_.k ? "k" : "num_classes", "), found ", num_cols);
+    check_ids(epoch, ids, n);
+    std::vector<std::pair<int64_t, size_t>> sorted(n);
+    for (size_t r = 0; r < n; ++r) sorted[r] = {ids[r], r};
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t j = 1; j < n; ++j)
+        if (sorted[j].first == sorted[j - 1].first)
+            fail(ErrorKind::kInvalidInput, path_, ": epoch ", epoch, ": sample id ", sorted[j].first,
+                 " appears twice in one batch (rows ", sorted[j - 1].second, " and ", sorted[j].second, ")");
+    for (size_t r = 0; r < n; ++r)
+        if (seeds[r] < std::numeric_limits<int32_t>::min() || seeds[r] > std::numeric_limits<int32_t>::max())
+            fail(ErrorKind::kInvalidInput, where(path_, epoch, ids[r], r), ": seed ", seeds[r], " outside the int32 range");
+}
+
+void Writer::store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int16_t* indices,
+                           const int64_t* seeds) {
+    const uint32_t k = h_.k, rs = h_.record_size;
+    uint8_t* base = map_->data() + h_.records_offset + static_cast<uint64_t>(epoch) * h_.epoch_bytes();
+    for (size_t r = 0; r < n; ++r) {
+        // Precondition: 0 <= ids[r] < N (check_batch). indices[0] is stored last (FORMAT.md):
+        // a record is never half-written in a way that reads as written.
+        uint8_t* rec = base + ids[r] * rs;
+        int16_t* marker = reinterpret_cast<int16_t*>(rec + 2 * k);  // 2-byte aligned: rs and 2k are even
+        if (__atomic_load_n(marker, __ATOMIC_RELAXED) != kUnwrittenIndex) {
+            __atomic_store_n(marker, kUnwrittenIndex, __ATOMIC_RELAXED);  // rewriting: unwritten first
+            std::atomic_thread_fence(std::memory_order_release);
+        }
+        std::memcpy(rec, values + r * k, 2 * k);
+        std::memcpy(rec + 2 * k + 2, indices + r * k + 1, 2 * (k - 1));
+        store<int32_t>(rec + 4 * k, static_cast<int32_t>(seeds[r]));
+        std::atomic_thread_fence(std::memory_order_release);
+        __atomic_store_n(marker, indices[r * k], __ATOMIC_RELAXED);
+    }
+}
+
+void Writer::write_dense(int64_t epoch, const int64_t* ids, size_t n, FloatArray dense, size_t num_cols,
+                         const int64_t* seeds) {
+    check_batch(epoch, ids, n, num_cols, h_.num_classes, "dense", seeds);
+    const uint32_t k = h_.k, c = h_.num_classes;
+    std::vector<uint16_t> values(n * k);
+    std::vector<int16_t> indices(n * k);
+    const EncodeFault f =
+        dense.half ? encode_rows(static_cast<const uint16_t*>(dense.data), n, c, k, values.data(), indices.data())
+                   : encode_rows(static_cast<const float*>(dense.data), n, c, k, values.data(), indices.data());
+    if (f.kind != Fault::kNone)
+        fail(ErrorKind::kInvalidInput, where(path_, epoch, ids[f.row], f.row), ": dense[", f.row, ", ", f.cls,
+             "] = ", f.value, " is ", fault_text(f.kind));
+    store_records(epoch, ids, n, values.data(), indices.data(), seeds);
+}
+
+void Writer::write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray values, size_t num_cols,
+                        const int64_t* indices, const int64_t* seeds) {
+    check_batch(epoch, ids, n, num_cols, h_.k, "values", seeds);
+    const uint32_t k = h_.k, c = h_.num_classes;
+    std::vector<uint16_t> vals(n * k);
+    std::vector<int16_t> idx(n * k);
+    std::vector<uint64_t> stamp(c, 0);  // stamp[cls] == r + 1: cls already in row r ...
+    std::vector<uint32_t> first(c, 0);  // ... at position first[cls]
+    for (size_t r = 0; r < n; ++r) {
+        const auto bad = [&](auto... parts) { fail(ErrorKind::kInvalidInput, where(path_, epoch, ids[r], r), ": ", parts...); };
+        for (uint32_t j = 0; j < k; ++j) {
+            const size_t at = r * k + j;
+            uint16_t h;
+            if (values.half) {
+                h = static_cast<const uint16_t*>(values.data)[at];
+                if (!f16_is_finite(h)) bad("values[", r, ", ", j, "] = ", f16_to_f32(h), " is ", fault_text(Fault::kInf));
+            } else {
+                const float x = static_cast<const float*>(values.data)[at];
+                if ((f32_bits(x) & 0x7f800000u) == 0x7f800000u)
+                    bad("values[", r, ", ", j, "] = ", x, " is ", fault_text(x != x ? Fault::kNaN : Fault::kInf));
+                h = f32_to_f16(x);
+                if (!f16_is_finite(h)) bad("values[", r, ", ", j, "] = ", x, " is ", fault_text(Fault::kOverflow));
+            }
+            if (j > 0 && f16_to_f32(h) > f16_to_f32(vals[at - 1]))
+                bad("values must be non-increasing after float16 rounding, found values[", r, ", ", j - 1,
+                    "] = ", f16_to_f32(vals[at - 1]), " < values[", r, ", ", j, "] = ", f16_to_f32(h));
+            const int64_t cls = indices[at];
+            if (cls < 0 || cls >= static_cast<int64_t>(c))
+                bad("indices[", r, ", ", j, "] = ", cls, " outside [0, ", c, ")");
+            if (stamp[cls] == r + 1)
+                bad("indices[", r, ", ", j, "] = ", cls, " repeats indices[", r, ", ", first[cls], "]");
+            stamp[cls] = r + 1;
+            first[cls] = j;
+            vals[at] = h;
+            idx[at] = static_cast<int16_t>(cls);
+        }
+    }
+    store_records(epoch, ids, n, vals.data(), idx.data(), seeds);
+}
+
+void Writer::close(bool seal) {
+    if (closed_.exchange(true)) return;
+    std::vector<std::pair<uint32_t, uint32_t>> seals;  // (epoch, crc) of the fully written epochs
+    if (seal) {
+        for (uint32_t e = 0; e < h_.num_epochs; ++e) {
+            const uint8_t* base = epoch_records(e);
+            bool complete = true;
+            for (uint64_t i = 0; i < h_.num_samples && complete; ++i)
+                complete = record_written(base + i * h_.record_size, h_.k);
+            if (complete) seals.emplace_back(e, crc32(base, h_.epoch_bytes()));
+        }
+    }
+    map_->sync(0, map_->size());  // records on disk before the seals that cover them
+    if (seals.empty()) return;
+    uint8_t* table = map_->data() + h_.epoch_table_offset;
+    for (const auto& [e, crc] : seals)
+        __atomic_store_n(reinterpret_cast<uint64_t*>(table + 8 * e), (uint64_t{crc} << 32) | kEpochSealed,
+                         __ATOMIC_RELEASE);
+    map_->sync(h_.epoch_table_offset, h_.epoch_table_length);
+}
+
+}  // namespace cedstore

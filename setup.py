@@ -1,0 +1,32 @@
+"""Builds cedstore and its C++ core, cedstore._core, from csrc/ (see FORMAT.md)."""
+
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+core = Pybind11Extension(
+    "cedstore._core",
+    sorted(glob("csrc/*.cpp")),
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3"],  # portable: no -march, no F16C; fp16 is converted in software
+)
+
+setup(
+    name="cedstore",
+    version="0.1.0",
+    description="Consistent ensemble distillation: a fixed-record store of teacher top-k outputs",
+    packages=find_packages(include=["cedstore*", "ced_train*"]),
+    package_data={"ced_train": ["data/*.csv", "data/*.md"]},
+    ext_modules=[core],
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.24"],
+    extras_require={
+        "torch": ["torch>=2.1"],
+        "train": ["torch>=2.1", "soundfile", "soxr", "matplotlib", "bitsandbytes"],
+        "test": ["pytest", "hypothesis", "cffi", "scikit-learn"],
+    },
+    entry_points={"console_scripts": ["cedstore = cedstore.cli:main", "ced-train = ced_train.cli:main"]},
+)
