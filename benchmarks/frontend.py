@@ -1,7 +1,7 @@
 """Log-mel frontend throughput: one batched call vs a per-clip loop, on 10 s clips.
 
-Usage, from the repository root:
-    python -m benchmarks.frontend [--batch-size 16] [--repeats 5] [--device cpu|cuda]
+Usage (with the package installed, e.g. `make install`):
+    python benchmarks/frontend.py [--batch-size 16] [--repeats 5] [--device cpu|cuda]
 Prints a table and writes benchmarks/results/frontend.json. Runs in well under a minute.
 """
 
@@ -22,19 +22,26 @@ CLIP_SECONDS, SAMPLE_RATE = 10, 16_000
 RESULTS = Path(__file__).resolve().parent / "results" / "frontend.json"
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
+def _time(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _median_times(fns, device: torch.device, repeats: int) -> list[float]:
+    """Median wall time of each ``fn()`` in seconds, after a warm-up call.
+
+    The functions are timed in turn within each repeat, so a change in machine load between
+    repeats affects them alike.
+    """
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [[_time(fn, device) for fn in fns] for _ in range(repeats)]
+    return [statistics.median(column) for column in zip(*times)]
 
 
 @torch.inference_mode()
@@ -51,8 +58,9 @@ def main() -> None:
     waves = 0.1 * torch.randn(args.batch_size, CLIP_SECONDS * SAMPLE_RATE, generator=generator)
     waves = waves.to(device)
 
-    batched_s = _timed(lambda: frontend(waves), device, args.repeats)
-    loop_s = _timed(lambda: [frontend(w) for w in waves], device, args.repeats)
+    batched_s, loop_s = _median_times(
+        [lambda: frontend(waves), lambda: [frontend(w) for w in waves]], device, args.repeats
+    )
 
     batch = args.batch_size
     result = {

@@ -19,7 +19,7 @@ import sys
 import cedstore
 from ced_train.data import DataError
 
-_EXPECTED = (cedstore.CedStoreError, DataError, ValueError, OSError)  # OSError: missing files etc.
+_EXPECTED = (cedstore.CedStoreError, DataError, ValueError)  # and OSError: missing files etc.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except OSError as e:
+        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), 1)
     except _EXPECTED as e:
         _fail(str(e) or type(e).__name__, 1)
     except KeyboardInterrupt:

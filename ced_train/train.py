@@ -577,7 +577,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def _dataset(path: str, num_classes: int | None, chunk_seconds: float, cache: str):
     from ced_train.data import AudioDataset  # noqa: PLC0415
 
-    if cache == "auto":
+    if cache == "auto" and os.path.isfile(path):  # (a missing TSV is from_tsv's error to report)
         with open(path, encoding="utf-8", errors="replace") as fh:
             rows = max(sum(1 for line in fh if line.strip()) - 1, 0)
         cache = "on" if rows * chunk_seconds * 16000 * 4 <= _CACHE_LIMIT_BYTES else "off"

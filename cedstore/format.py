@@ -1,9 +1,11 @@
 """The cedstore file format, version 1, as executable Python (FORMAT.md is normative).
 
-Constants, the header, the section layout, metadata and key table codecs, and a reference
-reader and writer built on ``struct``, ``zlib`` and plain numpy. It is written to be read, not
-to be fast, and never imports the C++ core: the tests check that the core and this module write
-byte-identical files and decode them identically.
+Constants (with the table of readable versions), the header and its checks, the section
+layout, the metadata and key table codecs, the record dtype and the top-k encoding, built on
+``struct``, ``zlib`` and plain numpy. The reference reader and writer on top of these are in
+``cedstore.reference``. Written to be read, not to be fast, and independent of the C++ core:
+the tests check that the core and the reference write byte-identical files and decode them
+identically.
 """
 
 from __future__ import annotations

@@ -59,12 +59,12 @@ class ReferenceReader:
         check_sections(self.data, h, self.path)
         self.k, self.num_classes, self.num_samples = h.k, h.num_classes, h.num_samples
         self.num_epochs, self.record_size, self.value_kind = h.num_epochs, h.record_size, h.value_kind
-        self.metadata = decode_metadata(self.metadata_bytes(), self.path)
         self._keys, self._order = [], []
         if h.keys_length:
             table = self.data[h.keys_offset:h.keys_offset + h.keys_length]
             self._keys, self._order = decode_key_table(table, h.num_samples, self.path)
         self.has_keys = bool(h.keys_length)
+        self.metadata = decode_metadata(self.metadata_bytes(), self.path)  # last, as cedstore.open
 
     def metadata_bytes(self) -> bytes:
         return self.data[HEADER_SIZE:HEADER_SIZE + self.header.metadata_length]
@@ -161,7 +161,9 @@ class ReferenceWriter:
                overwrite: bool = False) -> ReferenceWriter:
         path = os.fspath(path)
         if not 1 <= num_classes <= MAX_CLASSES or not 1 <= k <= num_classes:
-            raise InvalidInputError(f"need 1 <= k <= num_classes <= {MAX_CLASSES}, got k={k}, num_classes={num_classes}")
+            raise InvalidInputError(
+                f"need 1 <= k <= num_classes <= {MAX_CLASSES}, got k={k}, num_classes={num_classes}"
+            )
         if num_samples < 1 or num_epochs < 1:
             raise InvalidInputError(f"need num_samples >= 1 and num_epochs >= 1, got {num_samples}, {num_epochs}")
         key_table = encode_key_table(keys, num_samples) if keys is not None else b""
@@ -212,9 +214,11 @@ class ReferenceWriter:
         values = np.asarray(values)
         indices = np.asarray(indices)
         epoch, ids, seeds = self._check_batch(epoch, sample_ids, self.k, values, seeds)
-        if indices.shape != values.shape:
-            raise InvalidInputError(f"{self.path}: indices shape {indices.shape} != values shape {values.shape}")
-        values = values.astype(np.float16)
+        floats = values.dtype in (np.float32, np.float16)
+        if indices.shape != values.shape or not floats or indices.dtype.kind not in "iu":
+            raise InvalidInputError(f"{self.path}: need float values and integer indices of one shape [B, k]")
+        with np.errstate(over="ignore"):  # overflow to Inf is refused by check_record
+            values = values.astype(np.float16)
         for i, v, c in zip(ids, values, indices):
             problem = check_record(v, c, self.num_classes)
             if problem:

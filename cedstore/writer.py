@@ -42,7 +42,10 @@ def _writer_metadata(metadata: dict | None, num_classes: int) -> bytes:
 
 def _check_array(path: str, name: str, a: Any, kinds: str, shape: tuple) -> np.ndarray:
     a = np.asarray(a)
-    dtype_ok = a.dtype.kind in kinds if kinds != "f" else a.dtype in (np.float32, np.float16)
+    if kinds == "f":
+        dtype_ok = a.dtype in (np.float32, np.float16)
+    else:  # an empty list is an integer array too
+        dtype_ok = a.dtype.kind in kinds or a.size == 0
     if not dtype_ok or a.shape != shape:
         kind = {"iu": "an integer", "f": "a float32 or float16"}[kinds]
         raise InvalidInputError(
@@ -90,7 +93,8 @@ class Writer:
         """
         if self._closed:
             raise WriterClosedError(f"{self.path}: cannot write epoch {epoch}: the writer is closed")
-        ids = _check_array(self.path, "sample_ids", sample_ids, "iu", (np.size(sample_ids),))
+        ids = np.asarray(sample_ids)
+        ids = _check_array(self.path, "sample_ids", ids, "iu", (ids.size,))
         batch = (len(ids),)
         seeds = _check_array(self.path, "seeds", seeds, "iu", batch)
         if probs is not None and values is None and indices is None:

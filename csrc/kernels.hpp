@@ -35,17 +35,57 @@ inline const char* fault_text(Fault f) {
     }
 }
 
-// Scratch memory reused across the rows of one batch.
+// Scratch memory and state reused across the rows of one batch.
 struct TopkScratch {
-    std::vector<float> row;        // a float16 row converted to float32
-    std::vector<float> values;     // the selection buffer, descending
-    std::vector<uint32_t> order;   // for large k: candidate class ids
+    std::vector<float> row;          // a float16 row converted to float32
+    std::vector<float> values;       // insertion buffer: values, non-increasing ...
+    std::vector<uint32_t> classes;   // ... and their classes
+    std::vector<uint32_t> order;     // large k: class ids to partially sort
+    std::vector<uint32_t> cand;      // candidate classes (x >= threshold), increasing
+    std::vector<float> cand_values;  // their values
+    // A guess of a value a little below the k-th largest of the next row, taken from the
+    // previous row (teacher outputs of one batch look alike). Only a guess: a row with fewer
+    // than k values >= threshold falls back to a full pass, so results never depend on it.
+    float threshold = -std::numeric_limits<float>::infinity();
 };
+
+// Stable insertion selection of the `want` largest of x[ids[0..m)] (ids increasing; all of
+// [0, m) when ids is null) into s.values / s.classes. Returns the number kept, min(want, m).
+inline uint32_t insertion_select(const float* x, const uint32_t* ids, uint32_t m, uint32_t want, TopkScratch& s) {
+    s.values.resize(want);
+    s.classes.resize(want);
+    float* bv = s.values.data();
+    uint32_t* bc = s.classes.data();
+    uint32_t n = 0;  // bv[0, n) is non-increasing, equal values in class order
+    for (uint32_t j = 0; j < m; ++j) {
+        const uint32_t i = ids ? ids[j] : j;
+        const float v = x[i];
+        uint32_t pos;
+        if (n == want) {
+            if (!(v > bv[want - 1])) continue;  // equal loses: a later class
+            pos = want - 1;
+        } else {
+            pos = n++;
+        }
+        for (; pos > 0 && bv[pos - 1] < v; --pos) {
+            bv[pos] = bv[pos - 1];
+            bc[pos] = bc[pos - 1];
+        }
+        bv[pos] = v;
+        bc[pos] = i;
+    }
+    return n;
+}
 
 // Selects the k largest of x[0, c) in a stable order (ties: lower class first), exactly the
 // first k of np.argsort(-x, kind="stable"). Precondition: x is finite, 1 <= k <= c.
+//
+// Fast path: the classes with x >= s.threshold (branch-free, in class order) are ranked by
+// counting, rank(i) = #{j: v_j > v_i} + #{j before i: v_j == v_i}: no data-dependent
+// branches. When there are fewer than k of them, or too many to rank cheaply, a stable
+// insertion pass gives the same answer.
 inline void select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, int16_t* indices) {
-    if (k > 64) {  // a sorted insertion buffer costs O(c*k); use O(c log c) for large k
+    if (k > 64) {  // insertion costs O(c*k); sort partially in O(c log k)
         s.order.resize(c);
         std::iota(s.order.begin(), s.order.end(), 0u);
         const auto before = [x](uint32_t a, uint32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
@@ -53,25 +93,36 @@ inline void select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, 
         for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.order[j]);
         return;
     }
-    s.values.resize(k);
-    float* bv = s.values.data();
-    uint32_t m = 0;  // entries filled; bv[0, m) is non-increasing, equal values in class order
+    const uint32_t want = std::min(c, k + k / 2 + 4);  // the rank whose value guesses the next threshold
+    const uint32_t max_ranked = 4 * k + 16;
+    const float t = s.threshold;  // -inf: every class is a candidate
+    s.cand.resize(c);
+    uint32_t* cand = s.cand.data();
+    uint32_t m = 0;
     for (uint32_t i = 0; i < c; ++i) {
-        const float v = x[i];
-        uint32_t pos;
-        if (m == k) {
-            if (!(v > bv[k - 1])) continue;  // equal loses: a later class
-            pos = k - 1;
-        } else {
-            pos = m++;
-        }
-        for (; pos > 0 && bv[pos - 1] < v; --pos) {
-            bv[pos] = bv[pos - 1];
-            indices[pos] = indices[pos - 1];
-        }
-        bv[pos] = v;
-        indices[pos] = static_cast<int16_t>(i);
+        cand[m] = i;
+        m += x[i] >= t;
     }
+    if (m >= k && m <= max_ranked) {
+        s.cand_values.resize(m);
+        float* v = s.cand_values.data();
+        for (uint32_t j = 0; j < m; ++j) v[j] = x[cand[j]];
+        float next = t;  // kept when fewer than `want` candidates
+        for (uint32_t i = 0; i < m; ++i) {
+            const float vi = v[i];
+            uint32_t rank = 0;
+            for (uint32_t j = 0; j < i; ++j) rank += v[j] >= vi;
+            for (uint32_t j = i + 1; j < m; ++j) rank += v[j] > vi;
+            if (rank < k) indices[rank] = static_cast<int16_t>(cand[i]);
+            if (rank == want - 1) next = vi;
+        }
+        s.threshold = next;
+        return;
+    }
+    // Fewer than k candidates (threshold too high) or many: a stable insertion pass.
+    const uint32_t n = m >= k ? insertion_select(x, cand, m, want, s) : insertion_select(x, nullptr, c, want, s);
+    for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.classes[j]);
+    s.threshold = n == want ? s.values[want - 1] : -std::numeric_limits<float>::infinity();
 }
 
 // Index of the first non-finite value in x[0, c), or c. Branch-free first pass (vectorises).

@@ -47,18 +47,6 @@ std::pair<std::shared_ptr<Mapping>, Header> open_store(const std::string& path, 
     return {std::move(map), h};
 }
 
-namespace {
-
-// Where a record is, for messages: "path: epoch 1, sample 7 (row 3)".
-std::string where(const std::string& path, int64_t epoch, int64_t id, size_t row) {
-    return path + ": epoch " + std::to_string(epoch) + ", sample " + std::to_string(id) + " (row " +
-           std::to_string(row) + ")";
-}
-
-enum : int { kStatusUnwritten = 1, kStatusBadIndex = 2 };
-
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------
 // Mapping
 
@@ -124,7 +112,7 @@ Reader::Reader(const std::string& path) : Store(path, nullptr, Header{}) {
 }
 
 void Reader::fail_record(int64_t epoch, int64_t id, int status, uint32_t pos, const uint8_t* rec) const {
-    if (status == kStatusUnwritten)
+    if (status == static_cast<int>(RecordStatus::kUnwritten))
         fail(ErrorKind::kUnwritten, path_, ": epoch ", epoch, ", sample ", id, ": record not written");
     fail(ErrorKind::kIntegrity, path_, ": epoch ", epoch, ", sample ", id, ": class index ",
          load<int16_t>(rec + 2 * h_.k + 2 * pos), " at position ", pos, " outside [0, ", h_.num_classes,
