@@ -9,6 +9,7 @@ core = Pybind11Extension(
     "cedstore._core",
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
+    depends=sorted(glob("csrc/*.h*")),  # a changed header rebuilds the extension
     cxx_std=17,
     extra_compile_args=["-O3"],  # portable: no -march, no F16C; fp16 is converted in software
 )

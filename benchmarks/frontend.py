@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -72,6 +73,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "load_average_1min": os.getloadavg()[0],  # CPU timings are only comparable when idle
         "batched_clips_per_s": batch / batched_s,
         "loop_clips_per_s": batch / loop_s,
         "speedup": loop_s / batched_s,

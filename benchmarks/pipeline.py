@@ -28,8 +28,9 @@ import torch
 import cedstore
 from ced_train import models
 from ced_train.augment import Recipe, seed_for
-from ced_train.extract import Ensemble, extract, predict
+from ced_train.extract import extract
 from ced_train.frontend import FrontendConfig, log_mel_frontend
+from ced_train.teacher import Ensemble, predict
 
 CLIP_SAMPLES = 160_000  # 10 s at 16 kHz
 K = 20

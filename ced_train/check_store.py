@@ -23,8 +23,8 @@ import torch
 
 import cedstore
 from ced_train.augment import Recipe
-from ced_train.extract import Ensemble, predict
 from ced_train.frontend import FrontendConfig, log_mel_frontend
+from ced_train.teacher import Ensemble, predict
 
 __all__ = ["MAX_INDEX_MISMATCH", "MAX_MEAN_ABS_DIFF", "add_check_store_arguments", "check_store",
            "format_report", "main", "run_check_store"]
@@ -80,12 +80,9 @@ def check_store(
         report = store.join(dataset.keys)
         dataset_ids = np.flatnonzero(report.ids >= 0)
         store_ids = report.ids[dataset_ids]
-        candidates = [(epoch, j) for epoch in range(store.num_epochs)
-                      for j in np.flatnonzero(store.written(epoch)[store_ids])]
-        if not candidates:
+        picks = _pick(store, store_ids, samples, np.random.default_rng(seed))
+        if not picks:
             raise ValueError(f"{store_path}: no written record matches a dataset key ({report})")
-        rng = np.random.default_rng(seed)
-        picks = sorted(candidates[i] for i in rng.choice(len(candidates), min(samples, len(candidates)), replace=False))
 
         if isinstance(teacher, torch.nn.Module):
             teacher = teacher.to(device).eval()
@@ -118,6 +115,19 @@ def check_store(
     }
     result["ok"] = result["mean_abs_diff"] <= MAX_MEAN_ABS_DIFF and result["index_mismatch_rate"] <= MAX_INDEX_MISMATCH
     return result
+
+
+def _pick(store, store_ids: np.ndarray, samples: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Up to ``samples`` distinct written (epoch, position in store_ids) pairs, uniformly, sorted."""
+    written = [store.written(epoch)[store_ids] for epoch in range(store.num_epochs)]
+    counts = np.array([mask.sum() for mask in written])
+    chosen = np.sort(rng.choice(counts.sum(), min(samples, counts.sum()), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    picks = []
+    for epoch, mask in enumerate(written):  # one epoch's positions in memory at a time
+        mine = chosen[(chosen >= starts[epoch]) & (chosen < starts[epoch + 1])] - starts[epoch]
+        picks += [(epoch, int(j)) for j in np.flatnonzero(mask)[mine]]
+    return picks
 
 
 def format_report(result: dict) -> str:

@@ -9,8 +9,8 @@ For every augmentation epoch ``e`` and chunk ``i`` of the dataset::
 
 The recipe is applied to each chunk at its own length (``dataset.lengths[i]``), never to the
 zero padding of a batch, so a record's augmentation depends only on (recipe, seed, chunk) —
-the same sizes the trainer must use (docs/AUGMENTATION.md); :func:`augmented_logmel` is that
-transformation. With ``recipe=None`` (``--no-augment``) the teacher sees clean inputs; the seeds
+the same sizes the trainer must use (docs/AUGMENTATION.md);
+:func:`ced_train.teacher.augmented_logmel` is that transformation. With ``recipe=None`` (``--no-augment``) the teacher sees clean inputs; the seeds
 ``seed_for(...)`` are stored anyway, so a student can still be trained with augmentation
 (the paper's "teacher no / student yes" baseline); the metadata then has no ``augmentation``.
 
@@ -26,10 +26,13 @@ file) or checks that the existing one was made by the same extraction; barrier; 
 rank 0 resumes once more and seals (checksums) the epochs. A record is written in one store
 call whose index field is stored last, so a process killed at any moment leaves each record
 written or not; a restarted run skips every batch whose records are all written and recomputes
-the others whole. The result is byte-identical to an uninterrupted single-process run on the
-same device with the same number of torch threads per process (``--threads``; torchrun sets
-``OMP_NUM_THREADS=1``); another device, thread count, batch size or ``--amp`` changes the
-float rounding of the teacher, not the records' meaning.
+the others whole. (A rank that fails leaves the others waiting at a barrier; torchrun then
+stops them all, and the same command resumes.)
+
+The result is byte-identical to an uninterrupted single-process run on the same device with
+the same number of torch threads per process (``--threads``; torchrun sets
+``OMP_NUM_THREADS=1``) and the same batch size; another device, thread count, batch size or
+``--amp`` changes the float rounding of the teacher, not the records' meaning.
 
 Test hook: the environment variable ``CED_EXTRACT_TEST_SLEEP`` (seconds) makes the loop sleep
 after every batch, so a test can kill a run while it is writing. Nothing else reads it.
@@ -44,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import os
@@ -52,7 +54,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,187 +65,15 @@ from ced_train import distributed
 from ced_train.augment import Recipe, seed_for
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.labels import default_names, read_names
+from ced_train.teacher import TEACHER_INPUTS, Ensemble, predict
 
 __all__ = [
-    "Ensemble", "ExtractStats", "add_check_store_arguments", "add_extract_arguments",
-    "augment_waves", "augmented_logmel", "extract", "main", "predict", "run_check_store",
-    "run_extract", "store_metadata",
+    "Ensemble", "ExtractStats", "add_check_store_arguments", "add_extract_arguments", "extract",
+    "main", "run_check_store", "run_extract", "store_metadata",
 ]
 
-TEACHER_INPUTS = ("spectrogram", "waveform")
 _TEST_SLEEP_ENV = "CED_EXTRACT_TEST_SLEEP"
 _PROGRESS_SECONDS = 5.0
-
-
-# ---- teacher ---------------------------------------------------------------------------------
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class Ensemble(nn.Module):
-    """Mean of the members' probabilities, ``mean_m sigmoid(m.forward_spectrogram(logmel))``.
-
-    Args:
-        models: CED models (anything with ``forward_spectrogram`` and ``config.num_classes``),
-            all with the same number of classes.
-        description: JSON-ready description for the store metadata; by default each member's
-            config (``from_checkpoints`` adds file names and SHA-256).
-
-    Raises:
-        ValueError: no models, or members with different numbers of classes.
-
-    Example:
-        >>> teacher = Ensemble.from_checkpoints(["a.pt", "b.pt"])
-        >>> probs = teacher(log_mel_frontend()(waves))     # (B, C)
-    """
-
-    def __init__(self, models: Sequence[nn.Module], description: list | None = None) -> None:
-        super().__init__()
-        if not models:
-            raise ValueError("Ensemble needs at least one model")
-        classes = [m.config.num_classes for m in models]
-        if len(set(classes)) != 1:
-            raise ValueError(f"ensemble members must have the same number of classes, got {classes}")
-        self.members = nn.ModuleList(models)
-        self.num_classes = classes[0]
-        self.description = description or [{"config": m.config.to_dict()} for m in models]
-
-    @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | os.PathLike]) -> Ensemble:
-        """Load CED checkpoints (``models.from_checkpoint``) and describe each by file name,
-        SHA-256 and config."""
-        from ced_train.models import from_checkpoint
-
-        models = [from_checkpoint(p) for p in paths]
-        description = [
-            {"file": Path(p).name, "sha256": _sha256_file(p), "config": m.config.to_dict()}
-            for p, m in zip(paths, models)
-        ]
-        return cls(models, description)
-
-    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
-        """Map dB log-mel (B, F, T) to float32 probabilities (B, C)."""
-        total = 0.0
-        for member in self.members:
-            total = total + member.forward_spectrogram(logmel).float().sigmoid()
-        return total / len(self.members)
-
-
-# ---- augmentation at each chunk's own length -------------------------------------------------
-
-
-def _per_length(fn: Callable, x: torch.Tensor, sizes: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
-    """Apply ``fn(x[rows, ..., :size], seeds[rows])`` for each distinct size; the rest is kept."""
-    if np.all(sizes == x.shape[-1]):
-        return fn(x, seeds)
-    out = x.clone()
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
-        index = torch.from_numpy(rows).to(x.device)
-        out[index, ..., :size] = fn(x[index, ..., :size], seeds[rows])
-    return out
-
-
-def augment_waves(recipe: Recipe, waves: torch.Tensor, seeds, lengths=None) -> torch.Tensor:
-    """``recipe.apply_wave`` on each row's first ``lengths[b]`` samples (the padding stays).
-
-    Args:
-        recipe: the augmentation recipe.
-        waves: (B, S) zero-padded batch.
-        seeds: (B,) int32 seeds.
-        lengths: (B,) samples of each row before padding; None means S for every row.
-
-    Returns:
-        (B, S) augmented waves.
-
-    Example:
-        >>> x = augment_waves(Recipe(), waves, seeds, lengths=dataset.lengths[ids])
-    """
-    seeds = np.asarray(seeds)
-    sizes = np.full(len(seeds), waves.shape[-1]) if lengths is None else np.asarray(lengths)
-    return _per_length(recipe.apply_wave, waves, sizes, seeds)
-
-
-def augmented_logmel(
-    waves: torch.Tensor,
-    seeds,
-    recipe: Recipe | None,
-    frontend: nn.Module,
-    lengths=None,
-    hop_length: int = 160,
-) -> torch.Tensor:
-    """The teacher's (and the consistent student's) input: shift, frontend, then masks.
-
-    The recipe sees each row at its own length: the shift acts on ``lengths[b]`` samples and
-    the masks on the ``lengths[b] // hop_length + 1`` frames they give, so padding a batch
-    never changes an example's augmentation.
-
-    Args:
-        waves: (B, S) float32 zero-padded batch.
-        seeds: (B,) int32 seeds (ignored when ``recipe`` is None).
-        recipe: the augmentation recipe, or None for clean inputs.
-        frontend: waveform -> dB log-mel (B, F, T), e.g. ``log_mel_frontend()``.
-        lengths: (B,) samples per row before padding; None means S for every row.
-        hop_length: the frontend's hop, to count each row's frames.
-
-    Returns:
-        (B, F, T) float32 dB log-mel.
-
-    Example:
-        >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), dataset.lengths[ids])
-    """
-    if recipe is None:
-        return frontend(waves)
-    seeds = np.asarray(seeds)
-    sizes = np.full(len(seeds), waves.shape[-1]) if lengths is None else np.asarray(lengths)
-    specs = frontend(_per_length(recipe.apply_wave, waves, sizes, seeds))
-    frames = np.minimum(sizes // hop_length + 1, specs.shape[-1])
-    return _per_length(recipe.apply_spec, specs, frames, seeds)
-
-
-def predict(
-    teacher: Callable[[torch.Tensor], torch.Tensor],
-    waves: np.ndarray,
-    seeds: np.ndarray,
-    *,
-    recipe: Recipe | None,
-    frontend: nn.Module,
-    frontend_config: FrontendConfig,
-    lengths: np.ndarray | None = None,
-    teacher_input: str = "spectrogram",
-    device: torch.device = torch.device("cpu"),
-    amp: bool = False,
-) -> np.ndarray:
-    """Run the teacher on one augmented batch; returns float32 probabilities (B, C) as numpy.
-
-    Raises:
-        ValueError: the teacher's output is not (B, C) values in [0, 1].
-    """
-    x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
-    with torch.inference_mode():
-        if teacher_input == "waveform":
-            x = x if recipe is None else augment_waves(recipe, x, seeds, lengths)
-        else:
-            x = augmented_logmel(x, seeds, recipe, frontend, lengths, frontend_config.hop_length)
-        autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
-        with autocast:
-            probs = teacher(x)
-        probs = probs.float().cpu().numpy()
-    if probs.ndim != 2 or probs.shape[0] != len(waves):
-        raise ValueError(f"the teacher must return (B, C) = ({len(waves)}, C) probabilities, got {probs.shape}")
-    if not np.all((probs >= 0) & (probs <= 1)):  # also catches NaN
-        bad = probs[~((probs >= 0) & (probs <= 1))][:3]
-        raise ValueError(
-            f"the teacher returned values outside [0, 1] (e.g. {bad.tolist()}): it must return "
-            "probabilities, e.g. the sigmoid of logits"
-        )
-    return probs
 
 
 # ---- store -----------------------------------------------------------------------------------
@@ -342,7 +172,7 @@ def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
     if error is not None:
         raise error
     if message is not None:
-        raise RuntimeError(f"rank 0 could not prepare the store: {message}")
+        raise ValueError(f"rank 0 could not prepare the store: {message}")
 
 
 # ---- extraction ------------------------------------------------------------------------------
@@ -479,7 +309,7 @@ def extract(
 
     keys = list(dataset.keys)
     num_samples = len(keys)
-    lengths = getattr(dataset, "lengths", None)
+    lengths = None if getattr(dataset, "lengths", None) is None else np.asarray(dataset.lengths)
     num_classes = _num_classes(teacher, dataset, **predict_args)
     meta = store_metadata(teacher, dataset, num_classes=num_classes, base_seed=base_seed,
                           recipe=recipe, frontend_config=frontend_config, teacher_input=teacher_input,
@@ -492,12 +322,14 @@ def extract(
     writer = cedstore.resume(path)
     total = epochs * num_samples
     num_batches = -(-total // batch_size)
-    written = np.concatenate([writer.written(e) for e in range(epochs)])
-    mine = range(rank, num_batches, world_size)
-    todo = [b for b in mine if not written[b * batch_size : (b + 1) * batch_size].all()]
-    progress_line = _Progress(sum(min(batch_size, total - b * batch_size) for b in todo),
-                              progress and rank == 0,
-                              f"extract {Path(path).name}" + (f" rank 0/{world_size}" if world_size > 1 else ""))
+    written = np.ones(num_batches * batch_size, dtype=bool)  # the last batch's tail: "done"
+    written[:total] = np.concatenate([writer.written(e) for e in range(epochs)])
+    batch_done = written.reshape(num_batches, batch_size).all(axis=1)
+    mine = np.arange(rank, num_batches, world_size)
+    todo = mine[~batch_done[mine]]
+    label = f"extract {Path(path).name}" + (f" rank 0/{world_size}" if world_size > 1 else "")
+    todo_records = int(np.minimum(batch_size, total - todo * batch_size).sum())
+    progress_line = _Progress(todo_records, progress and rank == 0, label)
     test_sleep = float(os.environ.get(_TEST_SLEEP_ENV, "0"))
     stats = ExtractStats(path, 0, len(todo), len(mine) - len(todo), 0.0, 0.0, 0.0, 0.0)
 
@@ -510,13 +342,14 @@ def extract(
 
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # load batch n+1 during batch n
+            todo = todo.tolist()
             pending = pool.submit(load, todo[0]) if todo else None
             for n in range(len(todo)):
                 epoch_ids, sample_ids, waves, load_seconds = pending.result()
                 pending = pool.submit(load, todo[n + 1]) if n + 1 < len(todo) else None
                 t0 = time.perf_counter()
                 seeds = seed_for(base_seed, epoch_ids, sample_ids)
-                batch_lengths = None if lengths is None else np.asarray(lengths)[sample_ids]
+                batch_lengths = None if lengths is None else lengths[sample_ids]
                 probs = predict(teacher, waves, seeds, lengths=batch_lengths, **predict_args)
                 t1 = time.perf_counter()
                 for epoch in np.unique(epoch_ids):  # a batch may straddle two epochs

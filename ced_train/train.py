@@ -38,7 +38,7 @@ from torch import nn
 import cedstore
 from ced_train import distributed
 from ced_train.augment import Recipe, mixup, mixup_loss, splitmix64
-from ced_train.extract import augment_waves, augmented_logmel
+from ced_train.teacher import augment_waves, augmented_logmel
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.optim import OPTIMIZERS, create_optimizer, get_lr
 
@@ -161,7 +161,7 @@ def student_inputs(
     """The student's log-mel input: shift, ``front_end``, masks, as the teacher's at extraction.
 
     With the seeds stored for a record this is, bit for bit, the input the teacher saw
-    (the heart of CED): it is ``ced_train.extract.augmented_logmel`` with the student's own
+    (the heart of CED): it is ``ced_train.teacher.augmented_logmel`` with the student's own
     frontend, so the recipe acts on each row at its own length, never on batch padding.
 
     Args:

@@ -55,13 +55,13 @@ inline uint16_t f32_to_f16(float x) {
         uint32_t h = mant >> shift;
         const uint32_t rest = mant & ((1u << shift) - 1u);
         const uint32_t half = 1u << (shift - 1u);
-        if (rest > half || (rest == half && (h & 1u))) ++h;  // may carry into the exponent: fine
+        h += rest + (h & 1u) > half;  // round half to even, branch-free; a carry makes it normal
         return static_cast<uint16_t>(sign | h);
     }
     // Normal: rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits.
     uint32_t h = (abs - 0x38000000u) >> 13;
     const uint32_t rest = abs & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry bumps the exponent
+    h += rest + (h & 1u) > 0x1000u;  // round half to even, branch-free; a carry bumps the exponent
     return static_cast<uint16_t>(sign | h);
 }
 

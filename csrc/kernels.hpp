@@ -1,5 +1,5 @@
-// Per-row kernels shared by the reader, the writer and encode_topk: top-k selection with fp16
-// rounding, and record decoding. Plain loops over raw pointers; callers check bounds first.
+// Per-row kernels shared by the reader, the writer and encode_topk: encoding (top-k selection,
+// topk.hpp, and fp16 rounding) and record decoding. Plain loops over raw pointers; callers check bounds first.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 
 #include "format.hpp"
 #include "fp16.hpp"
+#include "topk.hpp"
 
 namespace cedstore {
 
@@ -35,102 +36,21 @@ inline const char* fault_text(Fault f) {
     }
 }
 
-// Scratch memory and state reused across the rows of one batch.
-struct TopkScratch {
-    std::vector<float> row;          // a float16 row converted to float32
-    std::vector<float> values;       // insertion buffer: values, non-increasing ...
-    std::vector<uint32_t> classes;   // ... and their classes
-    std::vector<uint32_t> order;     // large k: class ids to partially sort
-    std::vector<uint32_t> cand;      // candidate classes (x >= threshold), increasing
-    std::vector<float> cand_values;  // their values
-    // A guess of a value a little below the k-th largest of the next row, taken from the
-    // previous row (teacher outputs of one batch look alike). Only a guess: a row with fewer
-    // than k values >= threshold falls back to a full pass, so results never depend on it.
-    float threshold = -std::numeric_limits<float>::infinity();
-};
-
-// Stable insertion selection of the `want` largest of x[ids[0..m)] (ids increasing; all of
-// [0, m) when ids is null) into s.values / s.classes. Returns the number kept, min(want, m).
-inline uint32_t insertion_select(const float* x, const uint32_t* ids, uint32_t m, uint32_t want, TopkScratch& s) {
-    s.values.resize(want);
-    s.classes.resize(want);
-    float* bv = s.values.data();
-    uint32_t* bc = s.classes.data();
-    uint32_t n = 0;  // bv[0, n) is non-increasing, equal values in class order
-    for (uint32_t j = 0; j < m; ++j) {
-        const uint32_t i = ids ? ids[j] : j;
-        const float v = x[i];
-        uint32_t pos;
-        if (n == want) {
-            if (!(v > bv[want - 1])) continue;  // equal loses: a later class
-            pos = want - 1;
-        } else {
-            pos = n++;
-        }
-        for (; pos > 0 && bv[pos - 1] < v; --pos) {
-            bv[pos] = bv[pos - 1];
-            bc[pos] = bc[pos - 1];
-        }
-        bv[pos] = v;
-        bc[pos] = i;
-    }
-    return n;
-}
-
-// Selects the k largest of x[0, c) in a stable order (ties: lower class first), exactly the
-// first k of np.argsort(-x, kind="stable"). Precondition: x is finite, 1 <= k <= c.
-//
-// Fast path: the classes with x >= s.threshold (branch-free, in class order) are ranked by
-// counting, rank(i) = #{j: v_j > v_i} + #{j before i: v_j == v_i}: no data-dependent
-// branches. When there are fewer than k of them, or too many to rank cheaply, a stable
-// insertion pass gives the same answer.
-inline void select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, int16_t* indices) {
-    if (k > 64) {  // insertion costs O(c*k); sort partially in O(c log k)
-        s.order.resize(c);
-        std::iota(s.order.begin(), s.order.end(), 0u);
-        const auto before = [x](uint32_t a, uint32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-        std::partial_sort(s.order.begin(), s.order.begin() + k, s.order.end(), before);
-        for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.order[j]);
-        return;
-    }
-    const uint32_t want = std::min(c, k + k / 2 + 4);  // the rank whose value guesses the next threshold
-    const uint32_t max_ranked = 4 * k + 16;
-    const float t = s.threshold;  // -inf: every class is a candidate
-    s.cand.resize(c);
-    uint32_t* cand = s.cand.data();
-    uint32_t m = 0;
-    for (uint32_t i = 0; i < c; ++i) {
-        cand[m] = i;
-        m += x[i] >= t;
-    }
-    if (m >= k && m <= max_ranked) {
-        s.cand_values.resize(m);
-        float* v = s.cand_values.data();
-        for (uint32_t j = 0; j < m; ++j) v[j] = x[cand[j]];
-        float next = t;  // kept when fewer than `want` candidates
-        for (uint32_t i = 0; i < m; ++i) {
-            const float vi = v[i];
-            uint32_t rank = 0;
-            for (uint32_t j = 0; j < i; ++j) rank += v[j] >= vi;
-            for (uint32_t j = i + 1; j < m; ++j) rank += v[j] > vi;
-            if (rank < k) indices[rank] = static_cast<int16_t>(cand[i]);
-            if (rank == want - 1) next = vi;
-        }
-        s.threshold = next;
-        return;
-    }
-    // Fewer than k candidates (threshold too high) or many: a stable insertion pass.
-    const uint32_t n = m >= k ? insertion_select(x, cand, m, want, s) : insertion_select(x, nullptr, c, want, s);
-    for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.classes[j]);
-    s.threshold = n == want ? s.values[want - 1] : -std::numeric_limits<float>::infinity();
-}
-
-// Index of the first non-finite value in x[0, c), or c. Branch-free first pass (vectorises).
+// Index of the first non-finite value in x[0, c), or c. A branch-free vector pass first.
 inline uint32_t first_non_finite(const float* x, uint32_t c) {
-    uint32_t bad = 0;
-    for (uint32_t i = 0; i < c; ++i) bad += (f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u;
-    if (bad == 0) return c;
-    for (uint32_t i = 0; i < c; ++i)
+    typedef uint32_t u32x4 __attribute__((vector_size(16)));
+    const u32x4 exponent = {0x7f800000u, 0x7f800000u, 0x7f800000u, 0x7f800000u};
+    u32x4 bad = {0, 0, 0, 0};
+    uint32_t i = 0;
+    for (; i + 4 <= c; i += 4) {
+        u32x4 bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        bad |= (bits & exponent) == exponent;
+    }
+    uint32_t any = bad[0] | bad[1] | bad[2] | bad[3];
+    for (; i < c; ++i) any |= (f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u;
+    if (any == 0) return c;
+    for (i = 0; i < c; ++i)
         if ((f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return i;
     return c;
 }
@@ -141,15 +61,16 @@ inline uint32_t first_non_finite(const float* x, uint32_t c) {
 template <class T>
 EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* values, int16_t* indices) {
     TopkScratch s;
+    std::vector<float> converted;  // a float16 row as float32
     EncodeFault f;
     for (size_t r = 0; r < n; ++r) {
         const float* row;
         if constexpr (std::is_same_v<T, float>) {
             row = x + r * c;
         } else {
-            s.row.resize(c);
-            for (uint32_t i = 0; i < c; ++i) s.row[i] = f16_to_f32(x[r * c + i]);
-            row = s.row.data();
+            converted.resize(c);
+            for (uint32_t i = 0; i < c; ++i) converted[i] = f16_to_f32(x[r * c + i]);
+            row = converted.data();
         }
         const uint32_t bad = first_non_finite(row, c);
         if (bad < c) {

@@ -23,8 +23,9 @@ from ced_train import models
 from ced_train.augment import Recipe, seed_for
 from ced_train.check_store import check_store
 from ced_train.data import AudioDataset, write_tsv
-from ced_train.extract import Ensemble, augment_waves, augmented_logmel, extract
+from ced_train.extract import Ensemble, extract
 from ced_train.frontend import FrontendConfig, log_mel_frontend
+from ced_train.teacher import augment_waves, augmented_logmel
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 6

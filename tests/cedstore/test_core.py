@@ -185,6 +185,24 @@ def test_encode_topk_large_rows_with_many_ties(k):
     np.testing.assert_array_equal(values.view(np.uint16), ref_values.view(np.uint16))
 
 
+def test_encode_topk_rows_unlike_the_previous_row():
+    # The selection guesses a threshold from the previous row of the batch; rows of other
+    # scales, constant rows and sorted rows make the guess wrong in both directions.
+    rng = np.random.default_rng(7)
+    scales = [1, 1e-3, 1e3, 1, -1, 0, 1e-30, 5, 1, 1] * 6
+    x = np.stack([rng.random(527, dtype=np.float32) * np.float32(s) for s in scales])
+    x[10] = 0.25  # constant
+    x[11] = np.linspace(0, 1, 527, dtype=np.float32)  # ascending
+    x[12] = np.linspace(1, 0, 527, dtype=np.float32)  # descending
+    x[13, ::2] = -0.0
+    x[14] = np.where(rng.random(527) < 0.05, x[14], 0)  # sparse
+    for k in (1, 5, 20, 64):
+        values, indices = _core.encode_topk(x, k)
+        ref_values, ref_indices = reference_topk(x, k)
+        np.testing.assert_array_equal(indices, ref_indices)
+        np.testing.assert_array_equal(values.view(np.uint16), ref_values.view(np.uint16))
+
+
 def _row(*values):
     return np.array([values], np.float32)
 

@@ -1,0 +1,202 @@
+"""Running a teacher on augmented audio: the CED ensemble and the consistent teacher input.
+
+Both the extraction (``ced_train.extract``) and the store check (``ced_train.check_store``)
+feed a teacher through :func:`predict`; a trainer that wants the student to see exactly the
+teacher's input uses :func:`augmented_logmel` (or :func:`augment_waves`) with the stored seeds.
+
+The recipe is applied to each chunk at its own length (``lengths[b]``), never to the zero
+padding of a batch, so an example's augmentation depends only on (recipe, seed, chunk), as
+docs/AUGMENTATION.md requires ("the same sizes"), whatever batch it is loaded in.
+
+Example:
+    >>> teacher = Ensemble.from_checkpoints(["a.pt", "b.pt"])
+    >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), lengths)
+    >>> probs = teacher(x)                                   # (B, C)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ced_train.augment import Recipe
+from ced_train.frontend import FrontendConfig
+
+__all__ = ["TEACHER_INPUTS", "Ensemble", "augment_waves", "augmented_logmel", "predict"]
+
+TEACHER_INPUTS = ("spectrogram", "waveform")
+
+
+def _sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Ensemble(nn.Module):
+    """Mean of the members' probabilities, ``mean_m sigmoid(m.forward_spectrogram(logmel))``.
+
+    Args:
+        models: CED models (anything with ``forward_spectrogram`` and ``config.num_classes``),
+            all with the same number of classes.
+        description: JSON-ready description for the store metadata; by default each member's
+            config (``from_checkpoints`` adds file names and SHA-256).
+
+    Raises:
+        ValueError: no models, or members with different numbers of classes.
+
+    Example:
+        >>> teacher = Ensemble.from_checkpoints(["a.pt", "b.pt"])
+        >>> probs = teacher(log_mel_frontend()(waves))     # (B, C)
+    """
+
+    def __init__(self, models: Sequence[nn.Module], description: list | None = None) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("Ensemble needs at least one model")
+        classes = [m.config.num_classes for m in models]
+        if len(set(classes)) != 1:
+            raise ValueError(f"ensemble members must have the same number of classes, got {classes}")
+        self.members = nn.ModuleList(models)
+        self.num_classes = classes[0]
+        self.description = description or [{"config": m.config.to_dict()} for m in models]
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | os.PathLike]) -> Ensemble:
+        """Load CED checkpoints (``models.from_checkpoint``) and describe each by file name,
+        SHA-256 and config."""
+        from ced_train.models import from_checkpoint
+
+        models = [from_checkpoint(p) for p in paths]
+        description = [
+            {"file": Path(p).name, "sha256": _sha256_file(p), "config": m.config.to_dict()}
+            for p, m in zip(paths, models)
+        ]
+        return cls(models, description)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Map dB log-mel (B, F, T) to float32 probabilities (B, C)."""
+        total = 0.0
+        for member in self.members:
+            total = total + member.forward_spectrogram(logmel).float().sigmoid()
+        return total / len(self.members)
+
+
+# ---- augmentation at each chunk's own length -------------------------------------------------
+
+
+def _per_length(fn: Callable, x: torch.Tensor, sizes: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+    """Apply ``fn(x[rows, ..., :size], seeds[rows])`` for each distinct size; the rest is kept."""
+    if np.all(sizes == x.shape[-1]):
+        return fn(x, seeds)
+    out = x.clone()
+    for size in np.unique(sizes):
+        rows = np.flatnonzero(sizes == size)
+        index = torch.from_numpy(rows).to(x.device)
+        out[index, ..., :size] = fn(x[index, ..., :size], seeds[rows])
+    return out
+
+
+def augment_waves(recipe: Recipe, waves: torch.Tensor, seeds, lengths=None) -> torch.Tensor:
+    """``recipe.apply_wave`` on each row's first ``lengths[b]`` samples (the padding stays).
+
+    Args:
+        recipe: the augmentation recipe.
+        waves: (B, S) zero-padded batch.
+        seeds: (B,) int32 seeds.
+        lengths: (B,) samples of each row before padding; None means S for every row.
+
+    Returns:
+        (B, S) augmented waves.
+
+    Example:
+        >>> x = augment_waves(Recipe(), waves, seeds, lengths=dataset.lengths[ids])
+    """
+    seeds = np.asarray(seeds)
+    sizes = np.full(len(seeds), waves.shape[-1]) if lengths is None else np.asarray(lengths)
+    return _per_length(recipe.apply_wave, waves, sizes, seeds)
+
+
+def augmented_logmel(
+    waves: torch.Tensor,
+    seeds,
+    recipe: Recipe | None,
+    frontend: nn.Module,
+    lengths=None,
+    hop_length: int = 160,
+) -> torch.Tensor:
+    """The teacher's (and the consistent student's) input: shift, frontend, then masks.
+
+    The recipe sees each row at its own length: the shift acts on ``lengths[b]`` samples and
+    the masks on the ``lengths[b] // hop_length + 1`` frames they give, so padding a batch
+    never changes an example's augmentation.
+
+    Args:
+        waves: (B, S) float32 zero-padded batch.
+        seeds: (B,) int32 seeds (ignored when ``recipe`` is None).
+        recipe: the augmentation recipe, or None for clean inputs.
+        frontend: waveform -> dB log-mel (B, F, T), e.g. ``log_mel_frontend()``.
+        lengths: (B,) samples per row before padding; None means S for every row.
+        hop_length: the frontend's hop, to count each row's frames.
+
+    Returns:
+        (B, F, T) float32 dB log-mel.
+
+    Example:
+        >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), dataset.lengths[ids])
+    """
+    if recipe is None:
+        return frontend(waves)
+    seeds = np.asarray(seeds)
+    sizes = np.full(len(seeds), waves.shape[-1]) if lengths is None else np.asarray(lengths)
+    specs = frontend(_per_length(recipe.apply_wave, waves, sizes, seeds))
+    frames = np.minimum(sizes // hop_length + 1, specs.shape[-1])
+    return _per_length(recipe.apply_spec, specs, frames, seeds)
+
+
+def predict(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    waves: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    recipe: Recipe | None,
+    frontend: nn.Module,
+    frontend_config: FrontendConfig,
+    lengths: np.ndarray | None = None,
+    teacher_input: str = "spectrogram",
+    device: torch.device = torch.device("cpu"),
+    amp: bool = False,
+) -> np.ndarray:
+    """Run the teacher on one augmented batch; returns float32 probabilities (B, C) as numpy.
+
+    Raises:
+        ValueError: the teacher's output is not (B, C) values in [0, 1].
+    """
+    x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
+    with torch.inference_mode():
+        if teacher_input == "waveform":
+            x = x if recipe is None else augment_waves(recipe, x, seeds, lengths)
+        else:
+            x = augmented_logmel(x, seeds, recipe, frontend, lengths, frontend_config.hop_length)
+        autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
+        with autocast:
+            probs = teacher(x)
+        probs = probs.float().cpu().numpy()
+    if probs.ndim != 2 or probs.shape[0] != len(waves):
+        raise ValueError(f"the teacher must return (B, C) = ({len(waves)}, C) probabilities, got {probs.shape}")
+    if not np.all((probs >= 0) & (probs <= 1)):  # also catches NaN
+        bad = probs[~((probs >= 0) & (probs <= 1))][:3]
+        raise ValueError(
+            f"the teacher returned values outside [0, 1] (e.g. {bad.tolist()}): it must return "
+            "probabilities, e.g. the sigmoid of logits"
+        )
+    return probs
