@@ -158,7 +158,7 @@ def main() -> None:
                 n = npy_extraction(teacher, clips, batch_size, run_folder)
                 store = s if store is None or s["records_per_s"] > store["records_per_s"] else store
                 npy = n if npy is None or n["records_per_s"] > npy["records_per_s"] else npy
-            writes = write_costs(teacher.num_classes, batch_size, 64, folder)
+            writes = write_costs(teacher.num_classes, batch_size, 256, folder)
             rows.append({"batch_size": batch_size, "store": store, "npy": npy, "write_only": writes})
 
     print(f"CED-Tiny teacher, 10 s clips, CPU ({torch.get_num_threads()} threads), K={K}, 1 epoch")

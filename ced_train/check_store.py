@@ -81,23 +81,23 @@ def check_store(
         dataset_ids = np.flatnonzero(report.ids >= 0)
         store_ids = report.ids[dataset_ids]
         picks = _pick(store, store_ids, samples, np.random.default_rng(seed))
-        if not picks:
+        if not len(picks):
             raise ValueError(f"{store_path}: no written record matches a dataset key ({report})")
 
         if isinstance(teacher, torch.nn.Module):
             teacher = teacher.to(device).eval()
         frontend = log_mel_frontend(**frontend_config.to_dict()).to(device)
-        lengths = getattr(dataset, "lengths", None)
+        lengths = np.asarray(getattr(dataset, "lengths", np.ones(len(dataset.keys), np.int64)))
         diffs, mismatches = [], []
-        for start in range(0, len(picks), batch_size):
-            chunk = picks[start : start + batch_size]
-            for epoch in sorted({e for e, _ in chunk}):
-                rows = np.asarray([j for e, j in chunk if e == epoch])
-                values, indices, seeds = store.topk(epoch, store_ids[rows])
+        # As in extraction, a batch holds chunks of one length (no zero padding), and one epoch.
+        groups = np.stack([picks[:, 0], lengths[dataset_ids[picks[:, 1]]]], axis=1)
+        for epoch, length in np.unique(groups, axis=0):
+            group = picks[(groups[:, 0] == epoch) & (groups[:, 1] == length), 1]
+            for rows in np.array_split(group, -(-len(group) // batch_size)):
+                values, indices, seeds = store.topk(int(epoch), store_ids[rows])
                 probs = predict(
                     teacher, dataset.load_batch(dataset_ids[rows]), seeds, recipe=recipe,
-                    frontend=frontend, frontend_config=frontend_config,
-                    lengths=None if lengths is None else np.asarray(lengths)[dataset_ids[rows]],
+                    frontend=frontend, frontend_config=frontend_config, lengths=lengths[dataset_ids[rows]],
                     teacher_input=meta.get("teacher_input", "spectrogram"), device=device, amp=amp,
                 )
                 recomputed = np.take_along_axis(probs, indices, axis=1).astype(np.float16).astype(np.float32)
@@ -117,17 +117,18 @@ def check_store(
     return result
 
 
-def _pick(store, store_ids: np.ndarray, samples: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Up to ``samples`` distinct written (epoch, position in store_ids) pairs, uniformly, sorted."""
+def _pick(store, store_ids: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 [n, 2]: up to ``samples`` distinct written (epoch, position in store_ids), uniformly."""
     written = [store.written(epoch)[store_ids] for epoch in range(store.num_epochs)]
     counts = np.array([mask.sum() for mask in written])
     chosen = np.sort(rng.choice(counts.sum(), min(samples, counts.sum()), replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)])
-    picks = []
+    picks = [np.empty((0, 2), np.int64)]
     for epoch, mask in enumerate(written):  # one epoch's positions in memory at a time
         mine = chosen[(chosen >= starts[epoch]) & (chosen < starts[epoch + 1])] - starts[epoch]
-        picks += [(epoch, int(j)) for j in np.flatnonzero(mask)[mine]]
-    return picks
+        positions = np.flatnonzero(mask)[mine]
+        picks.append(np.stack([np.full(len(positions), epoch), positions], axis=1))
+    return np.concatenate(picks)
 
 
 def format_report(result: dict) -> str:

@@ -14,10 +14,14 @@ the same sizes the trainer must use (docs/AUGMENTATION.md);
 ``seed_for(...)`` are stored anyway, so a student can still be trained with augmentation
 (the paper's "teacher no / student yes" baseline); the metadata then has no ``augmentation``.
 
-**Batches are global.** The (epoch, sample) pairs in order ``g = e·N + i`` are cut into
-batches of ``batch_size``; batch ``b`` always holds the same records, so its numerics do not
-depend on how many processes run or where a run was interrupted. Under
-``torchrun --nproc_per_node R`` rank ``r`` computes batches ``r, r+R, r+2R, ...``.
+**Batches are global.** Only chunks of the same length share a batch, so the teacher never
+sees zero padding and a record depends only on its chunk, seed and teacher (not on its batch
+neighbours). The records are grouped by chunk length (shortest first), ordered epoch-major
+then by chunk id within a group, and each group is cut into batches of ``batch_size``; with
+equal-length chunks this is simply ``g = e·N + i`` cut into batches. Batch ``b`` always holds
+the same records, so its numerics do not depend on how many processes run or where a run was
+interrupted. Under ``torchrun --nproc_per_node R`` rank ``r`` computes batches
+``r, r+R, r+2R, ...``.
 
 **One file, disjoint records** (the distributed protocol): rank 0 creates the store (at
 ``out.part``, renamed to ``out`` once complete, so a killed run never leaves a half-created
@@ -178,6 +182,38 @@ def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
 # ---- extraction ------------------------------------------------------------------------------
 
 
+class _BatchPlan:
+    """The global batches: records grouped by chunk length, epoch-major within a group."""
+
+    def __init__(self, lengths: np.ndarray, num_epochs: int, batch_size: int) -> None:
+        order = np.argsort(lengths, kind="stable")  # chunk ids by length, then id
+        self.groups = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)
+        self.num_epochs, self.batch_size = num_epochs, batch_size
+        records = np.array([num_epochs * len(group) for group in self.groups])
+        counts = -(-records // batch_size)  # batches per group
+        self.first = np.concatenate([[0], np.cumsum(counts)])  # first batch of each group
+        self.num_batches = int(self.first[-1])
+        self.sizes = np.full(self.num_batches, batch_size)
+        self.sizes[self.first[1:] - 1] = records - (counts - 1) * batch_size  # each group's last
+
+    def records(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(epoch ids, chunk ids) of batch ``b``."""
+        g = int(np.searchsorted(self.first, b, side="right")) - 1
+        group = self.groups[g]
+        start = (b - int(self.first[g])) * self.batch_size
+        position = np.arange(start, start + int(self.sizes[b]))
+        return position // len(group), group[position % len(group)]
+
+    def done(self, written: np.ndarray) -> np.ndarray:
+        """bool [num_batches]: batches whose records are all written (``written``: [E, N])."""
+        out = []
+        for group, first, last in zip(self.groups, self.first[:-1], self.first[1:]):
+            flags = np.ones((last - first) * self.batch_size, dtype=bool)  # the tail counts as done
+            flags[: self.num_epochs * len(group)] = written[:, group].reshape(-1)
+            out.append(flags.reshape(-1, self.batch_size).all(axis=1))
+        return np.concatenate(out)
+
+
 @dataclass
 class ExtractStats:
     """What one process did: records written and where the time went (seconds)."""
@@ -320,22 +356,16 @@ def extract(
 
     start = time.perf_counter()
     writer = cedstore.resume(path)
-    total = epochs * num_samples
-    num_batches = -(-total // batch_size)
-    written = np.ones(num_batches * batch_size, dtype=bool)  # the last batch's tail: "done"
-    written[:total] = np.concatenate([writer.written(e) for e in range(epochs)])
-    batch_done = written.reshape(num_batches, batch_size).all(axis=1)
-    mine = np.arange(rank, num_batches, world_size)
-    todo = mine[~batch_done[mine]]
+    plan = _BatchPlan(np.full(num_samples, 1) if lengths is None else lengths, epochs, batch_size)
+    mine = np.arange(rank, plan.num_batches, world_size)
+    todo = mine[~plan.done(np.stack([writer.written(e) for e in range(epochs)]))[mine]]
     label = f"extract {Path(path).name}" + (f" rank 0/{world_size}" if world_size > 1 else "")
-    todo_records = int(np.minimum(batch_size, total - todo * batch_size).sum())
-    progress_line = _Progress(todo_records, progress and rank == 0, label)
+    progress_line = _Progress(int(plan.sizes[todo].sum()), progress and rank == 0, label)
     test_sleep = float(os.environ.get(_TEST_SLEEP_ENV, "0"))
     stats = ExtractStats(path, 0, len(todo), len(mine) - len(todo), 0.0, 0.0, 0.0, 0.0)
 
     def load(b: int):
-        g = np.arange(b * batch_size, min((b + 1) * batch_size, total))
-        epoch_ids, sample_ids = g // num_samples, g % num_samples
+        epoch_ids, sample_ids = plan.records(b)
         t0 = time.perf_counter()
         waves = dataset.load_batch(sample_ids)
         return epoch_ids, sample_ids, waves, time.perf_counter() - t0
@@ -352,7 +382,7 @@ def extract(
                 batch_lengths = None if lengths is None else lengths[sample_ids]
                 probs = predict(teacher, waves, seeds, lengths=batch_lengths, **predict_args)
                 t1 = time.perf_counter()
-                for epoch in np.unique(epoch_ids):  # a batch may straddle two epochs
+                for epoch in np.unique(epoch_ids):  # a batch may straddle epochs
                     rows = epoch_ids == epoch
                     writer.write(int(epoch), sample_ids[rows], probs=probs[rows], seeds=seeds[rows])
                 t2 = time.perf_counter()

@@ -176,10 +176,29 @@ def predict(
     device: torch.device = torch.device("cpu"),
     amp: bool = False,
 ) -> np.ndarray:
-    """Run the teacher on one augmented batch; returns float32 probabilities (B, C) as numpy.
+    """Run the teacher on one augmented batch (no gradients); float32 probabilities as numpy.
+
+    Args:
+        teacher: (B, F, T) dB log-mel — or (B, S) waves with ``teacher_input="waveform"`` —
+            to (B, C) probabilities.
+        waves: float32 (B, S) zero-padded batch.
+        seeds: (B,) int32 augmentation seeds.
+        recipe: the augmentation recipe, or None for clean inputs.
+        frontend, frontend_config: the log-mel frontend and its settings (float32 always).
+        lengths: (B,) samples per row before padding; None means S for every row.
+        teacher_input: "spectrogram" (shift, frontend, masks) or "waveform" (shift only).
+        device: where the batch is sent (teacher and frontend must be there already).
+        amp: float16 autocast around the teacher (CUDA).
+
+    Returns:
+        float32 (B, C).
 
     Raises:
         ValueError: the teacher's output is not (B, C) values in [0, 1].
+
+    Example:
+        >>> probs = predict(teacher, ds.load_batch(ids), seeds, recipe=Recipe(),
+        ...                 frontend=log_mel_frontend(), frontend_config=FrontendConfig())
     """
     x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
     with torch.inference_mode():

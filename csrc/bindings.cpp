@@ -27,6 +27,7 @@ std::string describe(const py::array& a) {
 }
 
 py::array as_array(const py::handle& obj, const char* name) {
+    if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);  // the common case, no conversion
     py::array a = py::array::ensure(obj);
     if (!a) fail(ErrorKind::kInvalidInput, name, ": expected an array, found ", py::str(py::type::of(obj)).cast<std::string>());
     return a;
@@ -34,6 +35,11 @@ py::array as_array(const py::handle& obj, const char* name) {
 
 // Any integer array of the given ndim, as C-contiguous int64 (an empty list counts as integers).
 py::array_t<int64_t> int64_array(const py::handle& obj, const char* name, int ndim) {
+    using Int64Array = py::array_t<int64_t, py::array::c_style>;
+    if (py::isinstance<Int64Array>(obj)) {  // already C-contiguous int64: no conversion
+        auto a = py::reinterpret_borrow<py::array_t<int64_t>>(obj);
+        if (a.ndim() == ndim) return a;
+    }
     py::array a = as_array(obj, name);
     const char kind = a.dtype().kind();
     if (a.ndim() != ndim || ((kind != 'i' && kind != 'u') && a.size() != 0))

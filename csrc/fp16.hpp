@@ -20,19 +20,19 @@ inline float bits_f32(uint32_t u) {
     return x;
 }
 
-// Exact: every binary16 value is a binary32 value. Integer-only, so the result does not
-// depend on the FPU's flush-to-zero / denormals-are-zero modes.
+// Exact: every binary16 value is a binary32 value. Branch-free: normals are rebiased; Inf/NaN
+// are rebiased once more; subnormals come out of an exact subtraction of two normal floats, so
+// the result does not depend on the FPU's flush-to-zero / denormals-are-zero modes.
 inline float f16_to_f32(uint16_t h) {
     const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu;
-    if (exp == 0x1fu) return bits_f32(sign | 0x7f800000u | (mant << 13));  // Inf / NaN
-    if (exp != 0) return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
-    if (mant == 0) return bits_f32(sign);  // +-0
-    // Subnormal: mant * 2^-24. Normalise so that the leading one lands on bit 10.
-    const int shift = __builtin_clz(mant) - 21;  // clz(mant) in [22, 31] -> shift in [1, 10]
-    mant = (mant << shift) & 0x3ffu;
-    return bits_f32(sign | (static_cast<uint32_t>(113 - shift) << 23) | (mant << 13));
+    const uint32_t shifted = static_cast<uint32_t>(h & 0x7fffu) << 13;  // exponent and mantissa
+    const uint32_t exp = shifted & 0x0f800000u;
+    const uint32_t normal = shifted + ((127u - 15u) << 23);
+    const uint32_t inf_nan = normal + ((128u - 16u) << 23);
+    // mant * 2^-24 = (1.mant * 2^-14) - 2^-14, both normal floats: exact.
+    const float subnormal = bits_f32(normal + (1u << 23)) - bits_f32(113u << 23);
+    const uint32_t magnitude = exp == 0x0f800000u ? inf_nan : (exp == 0 ? f32_bits(subnormal) : normal);
+    return bits_f32(magnitude | sign);
 }
 
 inline bool f16_is_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }

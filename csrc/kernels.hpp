@@ -36,21 +36,9 @@ inline const char* fault_text(Fault f) {
     }
 }
 
-// Index of the first non-finite value in x[0, c), or c. A branch-free vector pass first.
+// Index of the first non-finite value in x[0, c), or c.
 inline uint32_t first_non_finite(const float* x, uint32_t c) {
-    typedef uint32_t u32x4 __attribute__((vector_size(16)));
-    const u32x4 exponent = {0x7f800000u, 0x7f800000u, 0x7f800000u, 0x7f800000u};
-    u32x4 bad = {0, 0, 0, 0};
-    uint32_t i = 0;
-    for (; i + 4 <= c; i += 4) {
-        u32x4 bits;
-        std::memcpy(&bits, x + i, sizeof bits);
-        bad |= (bits & exponent) == exponent;
-    }
-    uint32_t any = bad[0] | bad[1] | bad[2] | bad[3];
-    for (; i < c; ++i) any |= (f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u;
-    if (any == 0) return c;
-    for (i = 0; i < c; ++i)
+    for (uint32_t i = 0; i < c; ++i)
         if ((f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return i;
     return c;
 }
@@ -72,15 +60,14 @@ EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* 
             for (uint32_t i = 0; i < c; ++i) converted[i] = f16_to_f32(x[r * c + i]);
             row = converted.data();
         }
-        const uint32_t bad = first_non_finite(row, c);
-        if (bad < c) {
+        int16_t* idx = indices + r * k;
+        if (!select_topk(row, c, k, s, idx)) {  // some value is NaN or infinite
+            const uint32_t bad = first_non_finite(row, c);
             f.kind = row[bad] != row[bad] ? Fault::kNaN : Fault::kInf;
             f.row = r, f.cls = bad, f.value = row[bad];
             return f;
         }
-        int16_t* idx = indices + r * k;
         uint16_t* val = values + r * k;
-        select_topk(row, c, k, s, idx);
         for (uint32_t j = 0; j < k; ++j) {
             val[j] = f32_to_f16(row[idx[j]]);
             if (!f16_is_finite(val[j])) {

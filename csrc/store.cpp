@@ -119,39 +119,46 @@ void Reader::fail_record(int64_t epoch, int64_t id, int status, uint32_t pos, co
          ") (the record is corrupted)");
 }
 
-void Reader::decode_dense(int64_t epoch, const int64_t* ids, size_t n, float fill, float* out,
-                          int32_t* seeds) const {
+// Calls decode(r, rec) for every r in [0, n), rec a copy of record (epoch, ids[r]); decode
+// returns a RecordStatus and sets pos for kBadIndex. Random ids miss the caches and the TLB:
+// copying a chunk of records first issues their loads back to back, so the misses overlap,
+// and the decode then reads from L1.
+template <class Decode>
+void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode&& decode) const {
     const uint8_t* base = epoch_records(epoch);
     check_ids(epoch, ids, n);
-    const uint32_t k = h_.k, c = h_.num_classes, rs = h_.record_size;
-    const bool zero_fill = f32_bits(fill) == 0;
-    constexpr size_t kAhead = 8;  // records prefetched ahead: random ids miss the cache
-    for (size_t r = 0; r < n && r < kAhead; ++r) __builtin_prefetch(base + ids[r] * rs);
-    for (size_t r = 0; r < n; ++r) {
-        if (r + kAhead < n) {
-            const uint8_t* next = base + ids[r + kAhead] * rs;
-            __builtin_prefetch(next);
-            __builtin_prefetch(next + rs - 1);
+    const uint32_t rs = h_.record_size;
+    alignas(64) uint8_t stack[4096];  // 32 records of k <= 31 fit: no allocation per call
+    const size_t chunk = std::max<size_t>(1, std::min<size_t>(32, sizeof stack / rs));
+    std::vector<uint8_t> heap(rs > sizeof stack ? rs : 0);
+    uint8_t* local = heap.empty() ? stack : heap.data();
+    for (size_t r0 = 0; r0 < n; r0 += chunk) {
+        const size_t m = std::min(chunk, n - r0);
+        // Precondition: 0 <= ids[r] < N (check_ids), so each record lies inside the mapping.
+        for (size_t j = 0; j < m; ++j) std::memcpy(&local[j * rs], base + ids[r0 + j] * rs, rs);
+        for (size_t j = 0; j < m; ++j) {
+            uint32_t pos = 0;
+            const RecordStatus st = decode(r0 + j, &local[j * rs], &pos);
+            if (st != RecordStatus::kOk) fail_record(epoch, ids[r0 + j], static_cast<int>(st), pos, &local[j * rs]);
         }
-        // Precondition: 0 <= ids[r] < N (check_ids), so the record lies inside the mapping.
-        const uint8_t* rec = base + ids[r] * rs;
-        uint32_t pos = 0;
-        const RecordStatus st = decode_dense_record(rec, k, c, fill, zero_fill, out + r * c, seeds + r, &pos);
-        if (st != RecordStatus::kOk) fail_record(epoch, ids[r], static_cast<int>(st), pos, rec);
     }
+}
+
+void Reader::decode_dense(int64_t epoch, const int64_t* ids, size_t n, float fill, float* out,
+                          int32_t* seeds) const {
+    const uint32_t k = h_.k, c = h_.num_classes;
+    const bool zero_fill = f32_bits(fill) == 0;
+    for_each_record(epoch, ids, n, [&](size_t r, const uint8_t* rec, uint32_t* pos) {
+        return decode_dense_record(rec, k, c, fill, zero_fill, out + r * c, seeds + r, pos);
+    });
 }
 
 void Reader::decode_topk(int64_t epoch, const int64_t* ids, size_t n, float* values, int64_t* indices,
                          int32_t* seeds) const {
-    const uint8_t* base = epoch_records(epoch);
-    check_ids(epoch, ids, n);
-    const uint32_t k = h_.k, c = h_.num_classes, rs = h_.record_size;
-    for (size_t r = 0; r < n; ++r) {
-        const uint8_t* rec = base + ids[r] * rs;
-        uint32_t pos = 0;
-        const RecordStatus st = decode_topk_record(rec, k, c, values + r * k, indices + r * k, seeds + r, &pos);
-        if (st != RecordStatus::kOk) fail_record(epoch, ids[r], static_cast<int>(st), pos, rec);
-    }
+    const uint32_t k = h_.k, c = h_.num_classes;
+    for_each_record(epoch, ids, n, [&](size_t r, const uint8_t* rec, uint32_t* pos) {
+        return decode_topk_record(rec, k, c, values + r * k, indices + r * k, seeds + r, pos);
+    });
 }
 
 void Reader::verify(bool require_complete) const {

@@ -79,6 +79,8 @@ class Reader : public Store {
     void verify(bool require_complete) const;
 
   private:
+    template <class Decode>
+    void for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode&& decode) const;
     [[noreturn]] void fail_record(int64_t epoch, int64_t id, int status, uint32_t pos, const uint8_t* rec) const;
 };
 

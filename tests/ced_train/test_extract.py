@@ -130,6 +130,38 @@ def test_stored_topk_equal_the_ensemble_on_replayed_augmentation(store_path, dat
             assert probs.max() - probs.min() > 0.05  # the check is not vacuous
 
 
+def test_mixed_length_chunks_are_never_padded_for_the_teacher(workdir, teacher, tmp_path):
+    mixed = AudioDataset.from_tsv(workdir / "mixed" / "train.tsv", chunk_seconds=1.0)
+    assert len(set(mixed.lengths.tolist())) == 8
+    path = tmp_path / "mixed.ced"
+    extract(teacher, mixed, path, epochs=2, k=3, recipe=RECIPE, batch_size=3, progress=False)
+    with cedstore.open(path) as store:
+        values, indices, seeds = store.topk(1, np.arange(8))
+    for i in range(8):  # each record alone, at its own length
+        probs = by_hand(teacher.members, mixed.load_batch([i])[0], int(seeds[i]), RECIPE)
+        np.testing.assert_array_equal(indices[i], np.argsort(-probs, kind="stable")[:3])
+        np.testing.assert_allclose(values[i], probs[indices[i]], atol=1e-3)
+    result = check_store(path, teacher, mixed, samples=16, batch_size=5)
+    assert result["mean_abs_diff"] < 1e-3 and result["index_mismatch_rate"] == 0.0
+
+
+def test_batch_plan_covers_every_record_once_with_one_length_per_batch():
+    lengths = np.array([5, 3, 5, 3, 5, 4])
+    plan = extract_module._BatchPlan(lengths, num_epochs=2, batch_size=4)
+    seen = []
+    for b in range(plan.num_batches):
+        epoch_ids, sample_ids = plan.records(b)
+        assert len(sample_ids) == plan.sizes[b] and len(set(lengths[sample_ids])) == 1
+        seen += list(zip(epoch_ids.tolist(), sample_ids.tolist()))
+    assert sorted(seen) == [(e, i) for e in range(2) for i in range(6)]
+    assert plan.records(0)[1].tolist() == [1, 3, 1, 3]  # shortest first, epoch-major
+    written = np.zeros((2, 6), dtype=bool)
+    written[:, [1, 3]] = True  # the length-3 group's only batch
+    assert plan.done(written).tolist() == [True] + [False] * (plan.num_batches - 1)
+    equal = extract_module._BatchPlan(np.full(5, 7), num_epochs=2, batch_size=4)
+    assert [ids.tolist() for ids in equal.records(1)] == [[0, 1, 1, 1], [4, 0, 1, 2]]  # g = e·N + i
+
+
 def test_records_differ_between_epochs(store_path):
     with cedstore.open(store_path) as store:
         first, second = store.dense(0, np.arange(8))[0], store.dense(1, np.arange(8))[0]

@@ -275,6 +275,24 @@ def test_round_trip_dense_and_topk(tmp_path):
     r.verify()
 
 
+@pytest.mark.parametrize("k, num_classes", [(1, 1), (31, 40), (32, 40), (1100, 1200)])
+def test_round_trip_record_sizes(tmp_path, k, num_classes):
+    # Records of up to 128 bytes are decoded 32 at a time from a stack buffer, larger ones alone.
+    rng = np.random.default_rng(k)
+    dense = make_dense(rng, 40, num_classes) if num_classes > 1 else rng.random((40, 1), dtype=np.float32)
+    w = new_store(tmp_path / "k.ced", k=k, num_classes=num_classes, num_samples=40, num_epochs=1)
+    w.write_dense(0, np.arange(40), dense, np.arange(40))
+    w.close()
+    r = _core.Reader(str(tmp_path / "k.ced"))
+    ids = rng.integers(0, 40, 70)
+    ref_v, ref_i = reference_topk(dense, k)
+    targets, seeds = r.decode_dense(0, ids)
+    np.testing.assert_array_equal(targets, scatter(ref_v[ids], ref_i[ids], num_classes))
+    np.testing.assert_array_equal(seeds, ids)
+    np.testing.assert_array_equal(r.decode_topk(0, ids)[1], ref_i[ids])
+    r.verify()
+
+
 def test_rewriting_a_record_keeps_the_last_write(tmp_path):
     w = new_store(tmp_path / "re.ced", k=2, num_classes=4, num_samples=2, num_epochs=1)
     w.write_dense(0, [1], _row(1, 2, 3, 4), [5])
