@@ -30,9 +30,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 
 import cedstore
-from ced_train import models, synth
+from ced_train import distributed, models, synth
 from ced_train.augment import Recipe
 from ced_train.data import AudioDataset
 from ced_train.evaluate import evaluate
@@ -73,9 +76,11 @@ class DemoConfig:
         k: top-K kept per record.
         student_dim, student_depth, student_heads, student_epochs, student_mixup: the students.
         student_seeds: pairing seeds; each trains the four students once (results averaged).
-        batch_size, lr, warmup_steps: shared by teachers and students.
+        batch_size, lr, warmup_steps, optimizer: shared by teachers and students.
         sweep_store_epochs: also train a consistent student on the first E' stored epochs
             for each E' listed (an E sweep; empty: none).
+        jobs: trainings (and extraction shares) run side by side, one process each.
+        threads: torch threads per job.
     """
 
     num_train: int = 1000
@@ -100,7 +105,10 @@ class DemoConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
+    optimizer: str = "adam8bit"
     sweep_store_epochs: tuple[int, ...] = ()
+    jobs: int = 2
+    threads: int = 1
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -132,6 +140,20 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+# ---- jobs: each trains or extracts in one process with one torch thread ---------------------
+# Tiny models gain little from intra-op threads and lose a lot when the cores are shared, so the
+# demo runs independent jobs side by side instead (teachers; the two extraction halves; students).
+# Every job is deterministic whichever process runs it.
+
+_DATASETS: dict[str, AudioDataset] = {}  # per process: decoded once, reused by later jobs
+
+
+def _dataset(tsv: str, num_classes: int) -> AudioDataset:
+    if tsv not in _DATASETS:
+        _DATASETS[tsv] = AudioDataset.from_tsv(tsv, num_classes=num_classes, cache=True)
+    return _DATASETS[tsv]
+
+
 def _model(config: DemoConfig, role: str, seed: int) -> models.CED:
     torch.manual_seed(seed)  # the same seed gives the same initial weights: paired students
     dim, depth, heads = (getattr(config, f"{role}_{name}") for name in ("dim", "depth", "heads"))
@@ -139,18 +161,91 @@ def _model(config: DemoConfig, role: str, seed: int) -> models.CED:
                          num_heads=heads)
 
 
-def _train_config(config: DemoConfig, role: str, seed: int, **kwargs: Any) -> TrainConfig:
-    return TrainConfig(epochs=getattr(config, f"{role}_epochs"), batch_size=config.batch_size,
-                       lr=config.lr, warmup_steps=config.warmup_steps, optimizer="adam8bit",
-                       mixup_alpha=getattr(config, f"{role}_mixup"), seed=seed, eval_every=0,
-                       verbose=False, **kwargs)
+def _train_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one teacher (supervised) or student (from a store), evaluate it; save teachers."""
+    torch.set_num_threads(job["threads"])
+    start = time.perf_counter()
+    config, role, seed = job["config"], job["role"], job["seed"]
+    train_set = _dataset(job["train_tsv"], config.num_classes)
+    eval_set = _dataset(job["eval_tsv"], config.num_classes)
+    model = _model(config, role, seed)
+    train_config = TrainConfig(
+        epochs=getattr(config, f"{role}_epochs"), batch_size=config.batch_size, lr=config.lr,
+        warmup_steps=config.warmup_steps, optimizer=config.optimizer,
+        mixup_alpha=getattr(config, f"{role}_mixup"), seed=seed, supervised=role == "teacher",
+        student_aug=job["student_aug"], eval_every=0, verbose=False,
+    )
+    store = None
+    if job.get("store"):
+        store = cedstore.open(job["store"])
+        if job.get("store_epochs"):
+            store = _FirstEpochs(store, job["store_epochs"])
+    recipe = job["recipe"] if job["student_aug"] == "fresh" else None
+    train(model, train_set, train_config, store, recipe=recipe, class_names=job["class_names"])
+    if job.get("save"):
+        models.save_checkpoint(model, job["save"])
+    return {"mAP": evaluate(model, eval_set, batch_size=128).mAP, "seconds": time.perf_counter() - start}
+
+
+def _extract_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One rank of an extraction: ``extract``'s torch.distributed protocol over gloo."""
+    torch.set_num_threads(job["threads"])
+    dist_env = {"RANK": str(job["rank"]), "WORLD_SIZE": str(job["world_size"]),
+                "LOCAL_RANK": str(job["rank"]), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(job["port"])}
+    os.environ.update(dist_env)
+    try:
+        distributed.setup("cpu")
+        config = job["config"]
+        stats = extract(Ensemble.from_checkpoints(job["teachers"]), _dataset(job["train_tsv"], config.num_classes),
+                        job["out"], epochs=job["epochs"], k=config.k, base_seed=0, recipe=job["recipe"],
+                        batch_size=job["batch_size"], class_names=job["class_names"], progress=False)
+    finally:
+        distributed.cleanup()
+        for key in dist_env:  # later jobs of this process must not see a process group
+            os.environ.pop(key, None)
+    return {"records": stats.records, "seconds": stats.seconds}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Runner:
+    """Runs jobs in ``jobs`` spawned processes (or in this one for ``jobs=1``), results in order."""
+
+    def __init__(self, jobs: int) -> None:
+        self.pool = None
+        if jobs > 1:
+            context = multiprocessing.get_context("spawn")  # fork after torch threads is unsafe
+            self.pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context)
+
+    def map(self, fn, jobs: list[dict[str, Any]], on_done=None) -> list[dict[str, Any]]:
+        if self.pool is None:
+            results = []
+            for job in jobs:
+                results.append(fn(job))
+                if on_done:
+                    on_done(job, results[-1])
+            return results
+        futures = [self.pool.submit(fn, job) for job in jobs]
+        if on_done:
+            for future in concurrent.futures.as_completed(futures):
+                on_done(jobs[futures.index(future)], future.result())
+        return [future.result() for future in futures]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo into ``out`` and return the results (also written to ``out/results.json``).
 
     Args:
-        out: output folder (created); holds data/, the stores, results.json and results.png.
+        out: output folder (created); holds data/, the teachers, the stores, results.json and
+            results.png.
         config: sizes; the full demo by default.
 
     Returns:
@@ -163,88 +258,86 @@ def demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, 
         >>> results["students"]["consistent"]
     """
     config = config or DemoConfig()
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     recipe = config.recipe()
+    torch.set_num_threads(config.threads)
     _log(f"demo: {config.num_train} training and {config.num_eval} eval clips of {config.seconds} s, "
-         f"{config.num_classes} classes; recipe {recipe.to_json()}")
-
+         f"{config.num_classes} classes, {config.jobs} jobs at a time; recipe {recipe.to_json()}")
     train_tsv, eval_tsv, names = synth.make_dataset(out / "data", config.num_train, config.num_eval,
                                                     config.seconds, config.num_classes, config.data_seed)
-    train_set = AudioDataset.from_tsv(train_tsv, num_classes=config.num_classes, cache=True)
-    eval_set = AudioDataset.from_tsv(eval_tsv, num_classes=config.num_classes, cache=True)
+    common = {"config": config, "train_tsv": str(train_tsv), "eval_tsv": str(eval_tsv), "recipe": recipe,
+              "class_names": names, "threads": config.threads}
     timings = {"data": time.perf_counter() - start}
+    runner = _Runner(config.jobs)
+    try:
+        # ---- teachers: supervised, fresh augmentation + mixup, one seed each
+        t0 = time.perf_counter()
+        teacher_paths = [str(out / f"teacher{i + 1}.pt") for i in range(config.teachers)]
+        jobs = [{**common, "role": "teacher", "seed": 100 + i, "student_aug": "fresh", "save": path}
+                for i, path in enumerate(teacher_paths)]
+        done = runner.map(_train_job, jobs, lambda job, r: _log(
+            f"teacher {Path(job['save']).stem}: mAP {r['mAP']:.4f} ({r['seconds']:.0f} s)"))
+        teacher_results = [{"name": Path(p).stem, "mAP": r["mAP"]} for p, r in zip(teacher_paths, done)]
+        ensemble = Ensemble.from_checkpoints(teacher_paths)
+        frontend = ensemble.members[0].front_end
+        eval_set = _dataset(str(eval_tsv), config.num_classes)
+        ensemble_mAP = evaluate(lambda waves: ensemble(frontend(waves)), eval_set, batch_size=128).mAP
+        _log(f"ensemble of {config.teachers}: mAP {ensemble_mAP:.4f}")
+        timings["teachers"] = time.perf_counter() - t0
 
-    # ---- teachers: supervised, fresh augmentation + mixup, one seed each
-    t0 = time.perf_counter()
-    teachers, teacher_results = [], []
-    for i in range(config.teachers):
-        model = _model(config, "teacher", seed=100 + i)
-        tc = _train_config(config, "teacher", seed=100 + i, supervised=True, student_aug="fresh")
-        train(model, train_set, tc, eval_dataset=None, recipe=recipe)
-        mAP = evaluate(model, eval_set, batch_size=128).mAP
-        teachers.append(model.eval())
-        teacher_results.append({"name": f"teacher{i + 1}", "mAP": mAP})
-        _log(f"teacher {i + 1}/{config.teachers}: mAP {mAP:.4f} ({time.perf_counter() - t0:.0f} s)")
-    ensemble = Ensemble(teachers)
-    frontend = teachers[0].front_end
-    ensemble_mAP = evaluate(lambda waves: ensemble(frontend(waves)), eval_set, batch_size=128).mAP
-    _log(f"ensemble of {config.teachers}: mAP {ensemble_mAP:.4f}")
-    timings["teachers"] = time.perf_counter() - t0
+        # ---- extraction: augmented (E epochs, split over the jobs) and clean (1 epoch)
+        t0 = time.perf_counter()
+        stores, records_per_s = {}, {}
+        for name, epochs, store_recipe in (("augmented", config.store_epochs, recipe), ("clean", 1, None)):
+            path = out / f"teacher_{name}.ced"
+            if path.exists():
+                path.unlink()  # a fresh extraction each run (extract resumes a matching file)
+            t1 = time.perf_counter()
+            world, port = max(config.jobs, 1), _free_port()
+            runner.map(_extract_job, [{**common, "teachers": teacher_paths, "out": str(path), "epochs": epochs,
+                                       "recipe": store_recipe, "batch_size": 64, "rank": rank,
+                                       "world_size": world, "port": port} for rank in range(world)])
+            stores[name] = cedstore.open(path)
+            records_per_s[name] = stores[name].num_epochs * stores[name].num_samples / (time.perf_counter() - t1)
+            _log(f"store {path.name}: E={epochs}, {stores[name].file_size} bytes, "
+                 f"{records_per_s[name]:.0f} records/s ({world} processes)")
+        timings["extract"] = time.perf_counter() - t0
 
-    # ---- extraction: augmented (E epochs) and clean (1 epoch) stores
-    t0 = time.perf_counter()
-    stores, stats = {}, {}
-    for name, epochs, store_recipe in (("augmented", config.store_epochs, recipe), ("clean", 1, None)):
-        path = out / f"teacher_{name}.ced"
-        if path.exists():
-            path.unlink()  # a fresh extraction each run (extract would resume a matching one)
-        stats[name] = extract(ensemble, train_set, path, epochs=epochs, k=config.k, base_seed=0,
-                              recipe=store_recipe, batch_size=128, class_names=names, progress=False)
-        stores[name] = cedstore.open(path)
-        _log(f"store {path.name}: E={epochs}, {stores[name].file_size} bytes, "
-             f"{stats[name].records_per_second:.0f} records/s")
-    timings["extract"] = time.perf_counter() - t0
-
-    # ---- students: paired (same init, batch order and mixup draws per seed)
-    t0 = time.perf_counter()
-    per_seed: dict[str, list[float]] = {name: [] for name in STUDENTS}
-    for seed in config.student_seeds:
-        for name, (store_name, student_aug) in STUDENTS.items():
-            model = _model(config, "student", seed=seed)
-            tc = _train_config(config, "student", seed=seed, student_aug=student_aug)
-            train(model, train_set, tc, stores[store_name], recipe=recipe if student_aug == "fresh" else None,
-                  class_names=names)
-            per_seed[name].append(evaluate(model, eval_set, batch_size=128).mAP)
-            _log(f"student {name} (seed {seed}): mAP {per_seed[name][-1]:.4f} ({time.perf_counter() - t0:.0f} s)")
-    students = {name: float(np.mean(values)) for name, values in per_seed.items()}
-    timings["students"] = time.perf_counter() - t0
-
-    sweep = {}
-    for epochs in config.sweep_store_epochs:
-        seed = config.student_seeds[0]
-        model = _model(config, "student", seed=seed)
-        tc = _train_config(config, "student", seed=seed, student_aug="store")
-        train(model, train_set, tc, _FirstEpochs(stores["augmented"], epochs), class_names=names)
-        sweep[str(epochs)] = evaluate(model, eval_set, batch_size=128).mAP
-        _log(f"E sweep: consistent student on the first {epochs} stored epochs: mAP {sweep[str(epochs)]:.4f}")
+        # ---- students: paired (same init, batch order and mixup draws per seed)
+        t0 = time.perf_counter()
+        jobs = [{**common, "role": "student", "seed": seed, "name": name, "student_aug": student_aug,
+                 "store": str(out / f"teacher_{store_name}.ced")}
+                for seed in config.student_seeds for name, (store_name, student_aug) in STUDENTS.items()]
+        jobs += [{**common, "role": "student", "seed": config.student_seeds[0], "name": f"E={epochs}",
+                  "student_aug": "store", "store": str(out / "teacher_augmented.ced"), "store_epochs": epochs}
+                 for epochs in config.sweep_store_epochs]
+        done = runner.map(_train_job, jobs, lambda job, r: _log(
+            f"student {job['name']} (seed {job['seed']}): mAP {r['mAP']:.4f} ({r['seconds']:.0f} s)"))
+        timings["students"] = time.perf_counter() - t0
+    finally:
+        runner.close()
+    per_seed: dict[str, list[float]] = {}
+    for job, result in zip(jobs, done):
+        per_seed.setdefault(job["name"], []).append(result["mAP"])
+    students = {name: float(np.mean(per_seed[name])) for name in STUDENTS}
 
     results = {
         "teachers": teacher_results,
         "ensemble_mAP": ensemble_mAP,
         "students": students,
-        "students_per_seed": per_seed,
+        "students_per_seed": {name: per_seed[name] for name in STUDENTS},
         "store_bytes": stores["augmented"].file_size,
         "clean_store_bytes": stores["clean"].file_size,
-        "records_per_s": stats["augmented"].records_per_second,
+        "records_per_s": records_per_s["augmented"],
         "seconds": time.perf_counter() - start,
         "timings": timings,
         "config": dataclasses.asdict(config),
         "recipe": json.loads(recipe.to_json()),
     }
-    if sweep:
-        results["store_epochs_sweep"] = sweep
+    if config.sweep_store_epochs:
+        results["store_epochs_sweep"] = {str(e): per_seed[f"E={e}"][0] for e in config.sweep_store_epochs}
     for store in stores.values():
         store.close()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -302,7 +395,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-epochs", type=int, help="augmentation epochs E of the augmented store")
     parser.add_argument("--sweep-store-epochs", default="",
                         help="comma-separated E' values: also train consistent students on E' stored epochs")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--jobs", type=int, help="trainings run side by side, one process each (2)")
+    parser.add_argument("--threads", type=int, help="torch threads per job (1)")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -314,9 +408,11 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``ced-train demo``; returns the exit status."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     overrides: dict[str, Any] = {}
+    if args.jobs:
+        overrides["jobs"] = args.jobs
+    if args.threads:
+        overrides["threads"] = args.threads
     if args.student_seeds:
         overrides["student_seeds"] = _ints(args.student_seeds)
     if args.store_epochs:

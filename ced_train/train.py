@@ -21,6 +21,7 @@ The module reads top to bottom: :class:`TrainConfig`, :func:`student_inputs`, :f
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import json
@@ -38,9 +39,9 @@ from torch import nn
 import cedstore
 from ced_train import distributed
 from ced_train.augment import Recipe, mixup, mixup_loss, splitmix64
-from ced_train.teacher import augment_waves, augmented_logmel
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.optim import OPTIMIZERS, create_optimizer, get_lr
+from ced_train.teacher import augment_waves, augmented_logmel
 
 __all__ = [
     "AMP_MODES", "STUDENT_AUG", "TrainConfig", "TrainResult", "add_train_arguments",
@@ -408,22 +409,27 @@ def train(
         mix_generator = torch.Generator().manual_seed(_stream_seed(config.seed, epoch, _STREAM_MIXUP))
         epoch_seeds = fresh_seeds(len(dataset), config.seed, epoch) if config.student_aug == "fresh" else None
         loss_sum, lr = torch.zeros((), device=device), lr_at(step)
-        for start in range(0, len(positions), config.batch_size):
-            lr = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = positions[start : start + config.batch_size]
+
+        def load(batch: np.ndarray):  # runs one batch ahead, in a thread (decoding releases the GIL)
             ids = train_ids[batch]
-            waves = torch.from_numpy(dataset.load_batch(ids)).to(device, non_blocking=True)
             if config.supervised:
                 targets, seeds = dataset.labels(ids), None
             else:  # stored epoch e mod E: the stored epochs are cycled
                 targets, seeds = store.dense(epoch % store.num_epochs, store_ids[batch])
             if epoch_seeds is not None:
                 seeds = epoch_seeds[ids]
-            targets = torch.from_numpy(targets).to(device, non_blocking=True)
+            return ids, dataset.load_batch(ids), targets, seeds
 
-            x = student_inputs(model, waves, seeds, recipe, None if lengths is None else lengths[ids], wave_only=wave_only)  # (B, F, T)
+        batches = [positions[i : i + config.batch_size] for i in range(0, len(positions), config.batch_size)]
+        for ids, waves, targets, seeds in _prefetch(load, batches):
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            waves = torch.from_numpy(waves).to(device, non_blocking=True)
+            targets = torch.from_numpy(targets).to(device, non_blocking=True)
+            batch_lengths = None if lengths is None else lengths[ids]
+
+            x = student_inputs(model, waves, seeds, recipe, batch_lengths, wave_only=wave_only)  # (B, F, T)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if config.mixup_alpha > 0:
                     x, lam = mixup(x, config.mixup_alpha, mix_generator)
@@ -456,6 +462,16 @@ def train(
     return TrainResult(best_mAP, final_mAP, history, step, optimizer_name)
 
 
+def _prefetch(fn, items: list):
+    """Yield ``fn(item)`` for each item in order, computing the next one in a background thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(fn, items[0]) if items else None
+        for i in range(len(items)):
+            result = pending.result()
+            pending = pool.submit(fn, items[i + 1]) if i + 1 < len(items) else None
+            yield result
+
+
 def _mean_over_ranks(loss_sum: torch.Tensor, steps: int) -> float:
     if distributed.is_distributed():
         torch.distributed.all_reduce(loss_sum)
@@ -466,9 +482,7 @@ def _mean_over_ranks(loss_sum: torch.Tensor, steps: int) -> float:
 def _evaluate(model: nn.Module, dataset, config: TrainConfig, device: torch.device) -> float:
     from ced_train.evaluate import evaluate  # noqa: PLC0415  (keeps `import train` light)
 
-    result = evaluate(model, dataset, batch_size=config.eval_batch_size, device=device)
-    model.train()
-    return float(result.mAP)
+    return float(evaluate(model, dataset, batch_size=config.eval_batch_size, device=device).mAP)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

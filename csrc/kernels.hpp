@@ -1,12 +1,10 @@
-// Per-row kernels shared by the reader, the writer and encode_topk: encoding (top-k selection,
-// topk.hpp, and fp16 rounding) and record decoding. Plain loops over raw pointers; callers check bounds first.
+// Per-row kernels shared by the reader, the writer and encode_topk: encoding (top-k selection
+// from topk.hpp, fp16 rounding) and record decoding. Plain loops over raw pointers; callers
+// check bounds first.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <limits>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -26,7 +24,7 @@ struct EncodeFault {
     float value = 0.0f;
 };
 
-// "nan", "inf", ... for messages.
+// What is wrong with the value, for messages: "dense[0, 3] = nan is NaN; values must be finite".
 inline const char* fault_text(Fault f) {
     switch (f) {
         case Fault::kNaN: return "NaN; values must be finite";

@@ -127,15 +127,22 @@ template <class Decode>
 void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode&& decode) const {
     const uint8_t* base = epoch_records(epoch);
     check_ids(epoch, ids, n);
-    const uint32_t rs = h_.record_size;
+    const uint32_t k = h_.k, rs = h_.record_size;
     alignas(64) uint8_t stack[4096];  // 32 records of k <= 31 fit: no allocation per call
     const size_t chunk = std::max<size_t>(1, std::min<size_t>(32, sizeof stack / rs));
     std::vector<uint8_t> heap(rs > sizeof stack ? rs : 0);
     uint8_t* local = heap.empty() ? stack : heap.data();
     for (size_t r0 = 0; r0 < n; r0 += chunk) {
         const size_t m = std::min(chunk, n - r0);
-        // Precondition: 0 <= ids[r] < N (check_ids), so each record lies inside the mapping.
-        for (size_t j = 0; j < m; ++j) std::memcpy(&local[j * rs], base + ids[r0 + j] * rs, rs);
+        for (size_t j = 0; j < m; ++j) {
+            // Precondition: 0 <= ids[r] < N (check_ids), so each record lies inside the mapping.
+            // The marker indices[0] is read first (acquire; a writer stores it last, release), so
+            // a record written concurrently is seen either unwritten or whole.
+            const uint8_t* src = base + ids[r0 + j] * rs;
+            const int16_t marker = __atomic_load_n(reinterpret_cast<const int16_t*>(src + 2 * k), __ATOMIC_ACQUIRE);
+            std::memcpy(&local[j * rs], src, rs);
+            store<int16_t>(&local[j * rs + 2 * k], marker);
+        }
         for (size_t j = 0; j < m; ++j) {
             uint32_t pos = 0;
             const RecordStatus st = decode(r0 + j, &local[j * rs], &pos);

@@ -14,11 +14,8 @@ from ced_train import models
 from ced_train.models import CEDConfig
 
 REPO = Path(__file__).resolve().parents[2]
-LAYOUT_CANDIDATES = [
-    REPO / "tests" / "data" / "ced_checkpoint_layout.json",
-    REPO / "shared" / "reference" / "ced_checkpoint_layout.json",
-    REPO.parent / "shared" / "reference" / "ced_checkpoint_layout.json",
-]
+# A copy of shared/reference/ced_checkpoint_layout.json: the published checkpoints' layout.
+LAYOUT_PATH = REPO / "tests" / "data" / "ced_checkpoint_layout.json"
 PARAMETER_COUNTS = {
     "ced_tiny": 5_503_183,
     "ced_mini": 9_696_655,
@@ -29,10 +26,7 @@ HOP = 160  # frontend hop: S samples give S // 160 + 1 frames
 
 
 def published_layout(name):
-    for path in LAYOUT_CANDIDATES:
-        if path.exists():
-            return json.loads(path.read_text())["models"][name]
-    pytest.skip("ced_checkpoint_layout.json not found in " + ", ".join(map(str, LAYOUT_CANDIDATES)))
+    return json.loads(LAYOUT_PATH.read_text())["models"][name]
 
 
 def small_model(**overrides):
