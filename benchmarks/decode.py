@@ -156,6 +156,14 @@ def bench_encode(rng, min_seconds: float) -> dict:
     return result
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000, help="records in the store (default 1e6)")
@@ -170,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
 
     results = {"records": args.records, "num_classes": NUM_CLASSES, "k": K, "threads": 1,
-               "machine": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+               "timing": "records per CPU-second of the calling thread (time.thread_time)",
+               "machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "python": sys.version.split()[0],
                "decode": {}, "targets_at_b128": TARGETS}
     with tempfile.TemporaryDirectory() as tmp:
         store_path, h5_path = os.path.join(tmp, "bench.ced"), os.path.join(tmp, "bench.h5")

@@ -100,7 +100,7 @@ void translate(std::exception_ptr p) {
         try {
             py::object cls = py::module_::import("cedstore.errors").attr(name);
             PyErr_SetString(cls.ptr(), e.what());
-        } catch (py::error_already_set& import_error) {  // cedstore.errors unimportable: still a ValueError
+        } catch (py::error_already_set&) {  // cedstore.errors unimportable: still a ValueError
             PyErr_SetString(PyExc_ValueError, e.what());
         }
     }
@@ -183,8 +183,10 @@ template <class Store>
 py::array_t<bool> written(const Store& store, int64_t epoch) {
     py::array_t<bool> out(static_cast<py::ssize_t>(store.header().num_samples));
     bool* o = out.mutable_data();
-    py::gil_scoped_release release;
-    store.written(epoch, o);
+    {
+        py::gil_scoped_release release;
+        store.written(epoch, o);
+    }
     return out;
 }
 
@@ -257,9 +259,11 @@ struct PyWriter {
         auto s = int64_array(seeds, "seeds", 1);
         check_rows(x, ids.shape(0), "dense", "sample id");
         check_rows(s, ids.shape(0), "seeds", "sample id");
+        const auto n = static_cast<size_t>(ids.shape(0)), c = static_cast<size_t>(x.shape(1));
+        const cedstore::FloatArray values = floats(x);  // raw pointers only below: no Python
+        const int64_t *id = ids.data(), *seed = s.data();
         py::gil_scoped_release release;
-        w->write_dense(epoch, ids.data(), static_cast<size_t>(ids.shape(0)), floats(x), static_cast<size_t>(x.shape(1)),
-                       s.data());
+        w->write_dense(epoch, id, n, values, c, seed);
     }
 
     void write_topk(int64_t epoch, const py::handle& sample_ids, const py::handle& values, const py::handle& indices,
@@ -274,9 +278,11 @@ struct PyWriter {
         if (i.shape(0) != v.shape(0) || i.shape(1) != v.shape(1))
             fail(ErrorKind::kInvalidInput, "indices: expected the shape of values (", v.shape(0), ", ", v.shape(1),
                  "), found (", i.shape(0), ", ", i.shape(1), ")");
+        const auto n = static_cast<size_t>(ids.shape(0)), k = static_cast<size_t>(v.shape(1));
+        const cedstore::FloatArray vals = floats(v);  // raw pointers only below: no Python
+        const int64_t *id = ids.data(), *cls = i.data(), *seed = s.data();
         py::gil_scoped_release release;
-        w->write_topk(epoch, ids.data(), static_cast<size_t>(ids.shape(0)), floats(v), static_cast<size_t>(v.shape(1)),
-                      i.data(), s.data());
+        w->write_topk(epoch, id, n, vals, k, cls, seed);
     }
 
     void close(bool seal) {
@@ -391,8 +397,10 @@ PYBIND11_MODULE(_core, m) {
             }
             py::array_t<int64_t> out(static_cast<py::ssize_t>(wanted.size()));
             int64_t* o = out.mutable_data();
-            py::gil_scoped_release release;
-            for (size_t j = 0; j < wanted.size(); ++j) o[j] = encodable[j] ? table.lookup(wanted[j]) : -1;
+            {
+                py::gil_scoped_release release;
+                for (size_t j = 0; j < wanted.size(); ++j) o[j] = encodable[j] ? table.lookup(wanted[j]) : -1;
+            }
             return out;
         }, py::arg("keys"))
         .def("decode_dense", &PyReader::decode_dense, py::arg("epoch"), py::arg("sample_ids"), py::arg("fill") = 0.0f,

@@ -106,7 +106,6 @@ class Writer : public Store {
     void written(int64_t epoch, bool* out) const;
     // Seals each fully written epoch (when seal) and flushes. Idempotent.
     void close(bool seal);
-    bool closed() const { return closed_.load(); }
 
   private:
     Writer(std::string path, std::shared_ptr<Mapping> map, const Header& h) : Store(std::move(path), std::move(map), h) {}

@@ -24,16 +24,13 @@ namespace topk_detail {
 
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef int32_t i32x4 __attribute__((vector_size(16)));
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
 
 inline f32x4 load4(const float* p) {
     f32x4 v;
     std::memcpy(&v, p, sizeof v);
     return v;
 }
-
-inline uint32_t sum4(i32x4 v) { return static_cast<uint32_t>(v[0] + v[1] + v[2] + v[3]); }
-
-typedef uint32_t u32x4 __attribute__((vector_size(16)));
 
 // Bit j set when lane j of a comparison result is true.
 inline unsigned mask4(i32x4 lanes) {
