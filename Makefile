@@ -27,6 +27,7 @@ demo-quick: install
 	$(VENV)/bin/ced-train demo --quick --out demo-out/quick
 
 bench: install
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/frontend.py
 	$(PY) benchmarks/model.py

@@ -19,7 +19,7 @@ setup(
     version="0.1.0",
     description="Consistent ensemble distillation: a fixed-record store of teacher top-k outputs",
     packages=find_packages(include=["cedstore*", "ced_train*"]),
-    package_data={"ced_train": ["data/*.csv", "data/*.md"]},
+    package_data={"ced_train": ["resources/*.csv", "resources/*.md"]},
     ext_modules=[core],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",
@@ -28,6 +28,7 @@ setup(
         "torch": ["torch>=2.1"],
         "train": ["torch>=2.1", "soundfile", "soxr", "matplotlib", "bitsandbytes"],
         "test": ["pytest", "hypothesis", "cffi", "scikit-learn"],
+        "bench": ["h5py"],
     },
     entry_points={"console_scripts": ["cedstore = cedstore.cli:main", "ced-train = ced_train.cli:main"]},
 )
