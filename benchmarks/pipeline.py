@@ -8,6 +8,11 @@ alternative — the same loop saving the full float32 outputs with ``np.save`` p
 (``npy_extraction``) — and the cost of writing alone, per record, for the store
 (top-20 fp16 + int16 + seed = 84 bytes) vs ``np.save`` per batch and per record (``write_costs``).
 
+Training (``training``, appended by the training code's author): label-free steps of a
+CED-Tiny student (``ced_train.train.train``) on the same clips from a store of random top-20
+records: seconds per step and the share of the step spent decoding targets (``store.dense``,
+one call per batch), for 8-bit Adam and AdamW.
+
 Usage (from the repository root):
     python -m benchmarks.pipeline [--batch-sizes 8 16] [--batches 4] [--threads 2]
 """
@@ -129,6 +134,51 @@ def write_costs(num_classes: int, batch_size: int, num_batches: int, folder: Pat
     return result
 
 
+class _TimedStore:
+    """A store whose ``dense`` calls are timed (train() calls it once per batch)."""
+
+    def __init__(self, store: cedstore.Store) -> None:
+        self._store, self.seconds, self.calls = store, 0.0, 0
+
+    def dense(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self._store.dense(*args, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def training(clips: SyntheticClips, batch_size: int, optimizer: str, folder: Path) -> dict:
+    """One epoch of label-free training of CED-Tiny on ``clips`` (stored-seed augmentation)."""
+    from ced_train.train import TrainConfig, train
+
+    num = len(clips.keys)
+    path = folder / f"train_{optimizer}_b{batch_size}.ced"
+    rng = np.random.default_rng(0)
+    meta = {"augmentation": json.loads(Recipe().to_json()), "frontend": FrontendConfig().to_dict()}
+    with cedstore.create(path, num_classes=527, k=K, num_samples=num, num_epochs=1, keys=clips.keys,
+                         metadata=meta) as writer:
+        writer.write(0, np.arange(num), probs=rng.random((num, 527), dtype=np.float32),
+                     seeds=seed_for(0, 0, np.arange(num)))
+    store = _TimedStore(cedstore.open(path))
+    torch.manual_seed(0)
+    student = models.create("ced_tiny")
+    config = TrainConfig(epochs=1, batch_size=batch_size, warmup_steps=1, optimizer=optimizer, verbose=False)
+    result = train(student, clips, config, store)
+    seconds = result.history[0]["seconds"]  # the epoch alone: not the optimizer set-up
+    return {
+        "optimizer": result.optimizer,
+        "steps": result.steps,
+        "seconds_per_step": seconds / result.steps,
+        "examples_per_s": num / seconds,
+        "dense_ms_per_batch": 1e3 * store.seconds / store.calls,
+        "dense_share": store.seconds / seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
@@ -136,6 +186,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs; the best is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_extract.json")
+    parser.add_argument("--train-steps", type=int, default=3, help="training steps per measurement (0: skip)")
+    parser.add_argument("--train-out", type=Path, default=Path(__file__).parent / "results" / "pipeline_train.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,6 +239,30 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if args.train_steps:
+        train_rows(args)
+
+
+def train_rows(args: argparse.Namespace) -> None:
+    """The training measurement: a table and ``--train-out`` (JSON)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch_size in args.batch_sizes:
+            clips = SyntheticClips(batch_size * args.train_steps)
+            for optimizer in ("adam8bit", "adamw"):
+                rows.append({"batch_size": batch_size, **training(clips, batch_size, optimizer, Path(tmp))})
+    print(f"\nLabel-free training, CED-Tiny student, 10 s clips, CPU ({torch.get_num_threads()} threads), "
+          f"K={K}, stored-seed augmentation")
+    print("| batch | optimizer | s/step | examples/s | store.dense ms/batch | store.dense share |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch_size']} | {r['optimizer']} | {r['seconds_per_step']:.2f} | {r['examples_per_s']:.1f} "
+              f"| {r['dense_ms_per_batch']:.3f} | {100 * r['dense_share']:.3f} % |")
+    report = {"benchmark": "training", "student": "ced_tiny (527 classes)", "clip_seconds": CLIP_SAMPLES / 16000,
+              "k": K, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
+    args.train_out.parent.mkdir(parents=True, exist_ok=True)
+    args.train_out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.train_out}")
 
 
 if __name__ == "__main__":
