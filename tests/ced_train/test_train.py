@@ -19,7 +19,7 @@ from ced_train import models
 from ced_train import optim as optim_module
 from ced_train.augment import seed_for
 from ced_train.evaluate import evaluate
-from ced_train.extract import Ensemble, extract
+from ced_train.extract import extract
 from ced_train.optim import create_optimizer, get_lr
 from ced_train.train import TrainConfig, epoch_order, fresh_seeds, student_inputs, train
 
