@@ -60,7 +60,7 @@ class SyntheticClips:
 def extraction(teacher, clips: SyntheticClips, batch_size: int, folder: Path) -> dict:
     """One epoch of ``extract`` into a fresh store (after one warm-up batch)."""
     predict(teacher, clips.load_batch(range(batch_size)), seed_for(0, 0, np.arange(batch_size)),
-            recipe=Recipe(), frontend=log_mel_frontend(), frontend_config=FrontendConfig())
+            recipe=Recipe(), frontend=log_mel_frontend())
     path = folder / f"teacher_b{batch_size}.ced"
     stats = extract(teacher, clips, path, epochs=1, k=K, batch_size=batch_size, progress=False)
     return {
@@ -76,7 +76,7 @@ def extraction(teacher, clips: SyntheticClips, batch_size: int, folder: Path) ->
 
 def npy_extraction(teacher, clips: SyntheticClips, batch_size: int, folder: Path) -> dict:
     """The same loop (augmented teacher forward) but ``np.save`` of the full float32 outputs."""
-    frontend, config = log_mel_frontend(), FrontendConfig()
+    frontend = log_mel_frontend()
     out = folder / f"npy_b{batch_size}"
     out.mkdir()
     start, write_seconds = time.perf_counter(), 0.0
@@ -84,7 +84,7 @@ def npy_extraction(teacher, clips: SyntheticClips, batch_size: int, folder: Path
         ids = np.arange(first, min(first + batch_size, len(clips.keys)))
         seeds = seed_for(0, 0, ids)
         probs = predict(teacher, clips.load_batch(ids), seeds, recipe=Recipe(), frontend=frontend,
-                        frontend_config=config, lengths=clips.lengths[ids])
+                        lengths=clips.lengths[ids])
         t0 = time.perf_counter()
         np.save(out / f"batch{b:06d}.npy", probs)
         np.save(out / f"seeds{b:06d}.npy", seeds)

@@ -97,7 +97,7 @@ def check_store(
                 values, indices, seeds = store.topk(int(epoch), store_ids[rows])
                 probs = predict(
                     teacher, dataset.load_batch(dataset_ids[rows]), seeds, recipe=recipe,
-                    frontend=frontend, frontend_config=frontend_config, lengths=lengths[dataset_ids[rows]],
+                    frontend=frontend, lengths=lengths[dataset_ids[rows]],
                     teacher_input=meta.get("teacher_input", "spectrogram"), device=device, amp=amp,
                 )
                 recomputed = np.take_along_axis(probs, indices, axis=1).astype(np.float16).astype(np.float32)

@@ -340,7 +340,7 @@ def extract(
     frontend = log_mel_frontend(**frontend_config.to_dict()).to(device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.to(device).eval()
-    predict_args = dict(recipe=recipe, frontend=frontend, frontend_config=frontend_config,
+    predict_args = dict(recipe=recipe, frontend=frontend,
                         teacher_input=teacher_input, device=device, amp=amp)
 
     keys = list(dataset.keys)

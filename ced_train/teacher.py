@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ced_train.augment import Recipe
-from ced_train.frontend import FrontendConfig
 
 __all__ = ["TEACHER_INPUTS", "Ensemble", "augment_waves", "augmented_logmel", "predict"]
 
@@ -94,18 +93,6 @@ class Ensemble(nn.Module):
 # ---- augmentation at each chunk's own length -------------------------------------------------
 
 
-def _per_length(fn: Callable, x: torch.Tensor, sizes: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
-    """Apply ``fn(x[rows, ..., :size], seeds[rows])`` for each distinct size; the rest is kept."""
-    if np.all(sizes == x.shape[-1]):
-        return fn(x, seeds)
-    out = x.clone()
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
-        index = torch.from_numpy(rows).to(x.device)
-        out[index, ..., :size] = fn(x[index, ..., :size], seeds[rows])
-    return out
-
-
 def augment_waves(recipe: Recipe, waves: torch.Tensor, seeds, lengths=None) -> torch.Tensor:
     """``recipe.apply_wave`` on each row's first ``lengths[b]`` samples (the padding stays).
 
@@ -121,9 +108,7 @@ def augment_waves(recipe: Recipe, waves: torch.Tensor, seeds, lengths=None) -> t
     Example:
         >>> x = augment_waves(Recipe(), waves, seeds, lengths=dataset.lengths[ids])
     """
-    seeds = np.asarray(seeds)
-    sizes = np.full(len(seeds), waves.shape[-1]) if lengths is None else np.asarray(lengths)
-    return _per_length(recipe.apply_wave, waves, sizes, seeds)
+    return recipe.apply_wave(waves, np.asarray(seeds), num_samples=lengths)
 
 
 def augmented_logmel(
@@ -132,13 +117,14 @@ def augmented_logmel(
     recipe: Recipe | None,
     frontend: nn.Module,
     lengths=None,
-    hop_length: int = 160,
 ) -> torch.Tensor:
     """The teacher's (and the consistent student's) input: shift, frontend, then masks.
 
-    The recipe sees each row at its own length: the shift acts on ``lengths[b]`` samples and
-    the masks on the ``lengths[b] // hop_length + 1`` frames they give, so padding a batch
-    never changes an example's augmentation.
+    Each row is computed as if it were alone in its batch, at its own length: the shift acts
+    on ``lengths[b]`` samples, the frontend sees no padding (its reflect padding and per-example
+    floor would otherwise see zeros past a short row's end), and the masks are drawn for the
+    frames that length gives. So a record's input never depends on its batch neighbours, and
+    the student rebuilds the teacher's input bit for bit however the two sides batch.
 
     Args:
         waves: (B, S) float32 zero-padded batch.
@@ -146,21 +132,31 @@ def augmented_logmel(
         recipe: the augmentation recipe, or None for clean inputs.
         frontend: waveform -> dB log-mel (B, F, T), e.g. ``log_mel_frontend()``.
         lengths: (B,) samples per row before padding; None means S for every row.
-        hop_length: the frontend's hop, to count each row's frames.
 
     Returns:
-        (B, F, T) float32 dB log-mel.
+        (B, F, T) float32 dB log-mel; frames past a short row's end are the frontend's view of
+        its zero padding.
 
     Example:
         >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), dataset.lengths[ids])
     """
-    if recipe is None:
-        return frontend(waves)
     seeds = np.asarray(seeds)
-    sizes = np.full(len(seeds), waves.shape[-1]) if lengths is None else np.asarray(lengths)
-    specs = frontend(_per_length(recipe.apply_wave, waves, sizes, seeds))
-    frames = np.minimum(sizes // hop_length + 1, specs.shape[-1])
-    return _per_length(recipe.apply_spec, specs, frames, seeds)
+
+    def alone(rows_waves: torch.Tensor, rows_seeds: np.ndarray) -> torch.Tensor:
+        if recipe is None:
+            return frontend(rows_waves)
+        return recipe.apply_spec(frontend(recipe.apply_wave(rows_waves, rows_seeds)), rows_seeds)
+
+    sizes = np.full(len(waves), waves.shape[-1]) if lengths is None else np.asarray(lengths)
+    if np.all(sizes == waves.shape[-1]):
+        return alone(waves, seeds)
+    out = frontend(waves)
+    for size in np.unique(sizes):
+        rows = np.flatnonzero(sizes == size)
+        index = torch.from_numpy(rows).to(waves.device)
+        x = alone(waves[index, :size], seeds[rows] if recipe is not None else seeds)
+        out[index, :, : x.shape[-1]] = x
+    return out
 
 
 def predict(
@@ -170,7 +166,6 @@ def predict(
     *,
     recipe: Recipe | None,
     frontend: nn.Module,
-    frontend_config: FrontendConfig,
     lengths: np.ndarray | None = None,
     teacher_input: str = "spectrogram",
     device: torch.device = torch.device("cpu"),
@@ -184,7 +179,7 @@ def predict(
         waves: float32 (B, S) zero-padded batch.
         seeds: (B,) int32 augmentation seeds.
         recipe: the augmentation recipe, or None for clean inputs.
-        frontend, frontend_config: the log-mel frontend and its settings (float32 always).
+        frontend: the log-mel frontend (float32 always).
         lengths: (B,) samples per row before padding; None means S for every row.
         teacher_input: "spectrogram" (shift, frontend, masks) or "waveform" (shift only).
         device: where the batch is sent (teacher and frontend must be there already).
@@ -198,14 +193,14 @@ def predict(
 
     Example:
         >>> probs = predict(teacher, ds.load_batch(ids), seeds, recipe=Recipe(),
-        ...                 frontend=log_mel_frontend(), frontend_config=FrontendConfig())
+        ...                 frontend=log_mel_frontend())
     """
     x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
     with torch.inference_mode():
         if teacher_input == "waveform":
             x = x if recipe is None else augment_waves(recipe, x, seeds, lengths)
         else:
-            x = augmented_logmel(x, seeds, recipe, frontend, lengths, frontend_config.hop_length)
+            x = augmented_logmel(x, seeds, recipe, frontend, lengths)
         autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
         with autocast:
             probs = teacher(x)

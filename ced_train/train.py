@@ -184,8 +184,7 @@ def student_inputs(
     front_end = getattr(model, "front_end", None) or _default_front_end(waves.device)
     if recipe is not None and wave_only:
         return front_end(augment_waves(recipe, waves, seeds, lengths))
-    hop_length = next((m.hop_length for m in front_end.modules() if hasattr(m, "hop_length")), 160)
-    return augmented_logmel(waves, seeds, recipe, front_end, lengths, hop_length)
+    return augmented_logmel(waves, seeds, recipe, front_end, lengths)
 
 
 _FRONT_ENDS: dict[torch.device, nn.Module] = {}

@@ -282,6 +282,21 @@ def test_augmentation_acts_on_each_chunk_at_its_own_length():
         assert (logmel[row, :, t1:frames] != 0).any() or t1 == frames
 
 
+
+def test_a_short_chunk_gets_the_input_it_would_get_alone():
+    """Batch padding never reaches the frontend: a record's input is independent of its batch."""
+    waves = torch.zeros(3, 900)
+    lengths = np.array([900, 500, 700])
+    for row, length in enumerate(lengths):
+        waves[row, :length] = torch.randn(length)
+    seeds = np.array([3, 4, 5], dtype=np.int32)
+    frontend = log_mel_frontend()
+    for recipe in (RECIPE, None):
+        batched = augmented_logmel(waves, seeds, recipe, frontend, lengths)
+        for row, length in enumerate(lengths):
+            alone = augmented_logmel(waves[row : row + 1, :length], seeds[row : row + 1], recipe, frontend)
+            assert torch.equal(batched[row, :, : alone.shape[-1]], alone[0])
+
 # ---- check-store -----------------------------------------------------------------------------
 
 
