@@ -15,13 +15,6 @@ namespace cedstore {
 
 namespace {
 
-// Closes a file descriptor on scope exit: the mapping outlives it.
-struct Fd {
-    int fd;
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 uint64_t regular_file_size(int fd, const std::string& path) {
     struct stat st;

@@ -11,9 +11,19 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include "format.hpp"
 
 namespace cedstore {
+
+// Closes a file descriptor on scope exit (a mapping outlives its descriptor).
+struct Fd {
+    int fd;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
 
 // A whole file mapped with mmap; unmapped when the last owner lets go.
 class Mapping {
