@@ -15,7 +15,6 @@ namespace cedstore {
 
 namespace {
 
-
 uint64_t regular_file_size(int fd, const std::string& path) {
     struct stat st;
     if (::fstat(fd, &st) != 0) fail_os("fstat", path);

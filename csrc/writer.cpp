@@ -16,7 +16,6 @@ namespace cedstore {
 
 namespace {
 
-
 std::string where(const std::string& path, int64_t epoch, int64_t id, size_t row) {
     return path + ": epoch " + std::to_string(epoch) + ", sample " + std::to_string(id) + " (row " +
            std::to_string(row) + ")";
