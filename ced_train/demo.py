@@ -27,8 +27,8 @@ mixup cost a teacher 12-15 mAP points (seed 100: 0.52 with alpha 0.5, 0.53 with 
 0.65 with the same augmentation and no mixup), and weak teachers hide the effect under study.
 
 What it showed on a 2-core machine (598 s with AdamW; with 8-bit Adam, 656 s and the same
-ordering): teachers 0.61-0.65 mAP, ensemble 0.665; students after 40 epochs: none 0.570,
-consistent 0.505, teacher-only 0.488, student-only 0.466. Consistent beats the other two
+ordering): teachers 0.61-0.65 mAP, ensemble 0.665; students after 40 epochs: none 0.569,
+consistent 0.505, teacher-only 0.487, student-only 0.465. Consistent beats the other two
 augmented rows, as in the paper, but not the unaugmented student: in 40 epochs the augmented
 students are still far from converged. Trained for 120 epochs (``--student-epochs 120``, 8-bit
 Adam): consistent 0.634, student-only 0.625, none 0.622, teacher-only 0.613; consistent first
