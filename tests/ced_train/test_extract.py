@@ -263,12 +263,17 @@ def test_amp_needs_cuda(tmp_path, dataset, teacher):
         extract(teacher, dataset, tmp_path / "x.ced", epochs=1, k=2, amp=True, progress=False)
 
 
-def test_augmentation_acts_on_each_chunk_at_its_own_length():
-    waves = torch.zeros(3, 900)
+def _mixed_length_batch():
+    """Three zero-padded chunks of 900, 500 and 700 samples, and their seeds."""
     lengths = np.array([900, 500, 700])
+    waves = torch.zeros(3, 900)
     for row, length in enumerate(lengths):
         waves[row, :length] = torch.randn(length)
-    seeds = np.array([3, 4, 5], dtype=np.int32)
+    return waves, lengths, np.array([3, 4, 5], dtype=np.int32)
+
+
+def test_augmentation_acts_on_each_chunk_at_its_own_length():
+    waves, lengths, seeds = _mixed_length_batch()
     out = augment_waves(RECIPE, waves, seeds, lengths)
     logmel = augmented_logmel(waves, seeds, RECIPE, log_mel_frontend(), lengths)
     for row, length in enumerate(lengths):
@@ -285,11 +290,7 @@ def test_augmentation_acts_on_each_chunk_at_its_own_length():
 
 def test_a_short_chunk_gets_the_input_it_would_get_alone():
     """Batch padding never reaches the frontend: a record's input is independent of its batch."""
-    waves = torch.zeros(3, 900)
-    lengths = np.array([900, 500, 700])
-    for row, length in enumerate(lengths):
-        waves[row, :length] = torch.randn(length)
-    seeds = np.array([3, 4, 5], dtype=np.int32)
+    waves, lengths, seeds = _mixed_length_batch()
     frontend = log_mel_frontend()
     for recipe in (RECIPE, None):
         batched = augmented_logmel(waves, seeds, recipe, frontend, lengths)
