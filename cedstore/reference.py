@@ -48,7 +48,7 @@ class ReferenceReader:
 
     Example:
         >>> r = ReferenceReader("teacher.ced")
-        >>> targets, seeds = r.decode_dense(0, [3, 1])
+        >>> targets, seeds = r.dense(0, [3, 1])
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -97,7 +97,7 @@ class ReferenceReader:
     def written(self, epoch: int) -> np.ndarray:
         return self.records(epoch)["indices"][:, 0] != -1
 
-    def decode_topk(self, epoch: int, sample_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def topk(self, epoch: int, sample_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values float32 [B, k], indices int64 [B, k], seeds int32 [B])."""
         records = self.records(epoch)
         ids = [_check_index(i, self.num_samples, f"epoch {epoch}: sample", self.path)
@@ -114,9 +114,9 @@ class ReferenceReader:
                     )
         return rows["values"].astype(np.float32), rows["indices"].astype(np.int64), rows["seed"].astype(np.int32)
 
-    def decode_dense(self, epoch: int, sample_ids, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def dense(self, epoch: int, sample_ids, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(targets float32 [B, C], seeds int32 [B]): `fill` outside the top-k."""
-        values, indices, seeds = self.decode_topk(epoch, sample_ids)
+        values, indices, seeds = self.topk(epoch, sample_ids)
         targets = np.full((len(seeds), self.num_classes), fill, np.float32)
         for row in range(len(seeds)):
             targets[row, indices[row]] = values[row]
@@ -147,8 +147,8 @@ class ReferenceReader:
 
 
 class ReferenceWriter:
-    """Writes a store record by record with seek/write, as FORMAT.md describes; same verbs as
-    the core's Writer (create, resume, write_dense, write_topk, written, close)."""
+    """Writes a store record by record with seek/write, as FORMAT.md describes; the verbs of
+    cedstore.Writer (write, written, close), created and resumed with the core's arguments."""
 
     def __init__(self, path: str, file, header: Header):
         self.path, self._file, self.header = path, file, header
@@ -204,13 +204,23 @@ class ReferenceWriter:
             raise InvalidInputError(f"{self.path}: epoch {epoch}: a sample id is repeated in one write")
         return epoch, ids.tolist(), seeds.astype(np.int32)
 
-    def write_dense(self, epoch: int, sample_ids, dense, seeds) -> None:
+    def write(self, epoch: int, sample_ids, probs=None, *, values=None, indices=None, seeds) -> None:
+        """Store one batch: dense `probs` [B, C] encoded to top-k, or top-k `values` and
+        `indices` [B, k] as they are (the arguments of cedstore.Writer.write)."""
+        if probs is not None and values is None and indices is None:
+            self._write_dense(epoch, sample_ids, probs, seeds)
+        elif probs is None and values is not None and indices is not None:
+            self._write_topk(epoch, sample_ids, values, indices, seeds)
+        else:
+            raise InvalidInputError(f"{self.path}: give either probs= or both values= and indices=")
+
+    def _write_dense(self, epoch: int, sample_ids, dense, seeds) -> None:
         dense = np.asarray(dense)
         epoch, ids, seeds = self._check_batch(epoch, sample_ids, self.num_classes, dense, seeds)
         values, indices = encode_topk_reference(dense, self.k)
         self._store(epoch, ids, values, indices, seeds)
 
-    def write_topk(self, epoch: int, sample_ids, values, indices, seeds) -> None:
+    def _write_topk(self, epoch: int, sample_ids, values, indices, seeds) -> None:
         values = np.asarray(values)
         indices = np.asarray(indices)
         epoch, ids, seeds = self._check_batch(epoch, sample_ids, self.k, values, seeds)

@@ -45,9 +45,11 @@ def write_with(writer_cls, path, teacher: Teacher, k: int, keys=None, metadata_j
     (epoch, sample_ids) in write order (default: each epoch in one batch)."""
     w = writer_cls.create(str(path), k, teacher.num_classes, teacher.num_samples, teacher.num_epochs,
                           value_kind, metadata_json, keys, False)
+    if isinstance(w, _core.Writer):
+        w = cedstore.Writer(w)  # the public verbs, shared with the reference
     for epoch, ids in batches or [(e, np.arange(teacher.num_samples)) for e in range(teacher.num_epochs)]:
         ids = np.asarray(ids, np.int64)
-        w.write_dense(epoch, ids, teacher.probs[epoch, ids], teacher.seeds[epoch, ids])
+        w.write(epoch, ids, probs=teacher.probs[epoch, ids], seeds=teacher.seeds[epoch, ids])
     w.close(seal)
     return path
 

@@ -325,7 +325,7 @@ def test_decode_refuses_out_of_range_class_index(tmp_path, reader):
     raw = bytearray(path.read_bytes())
     raw[4096 + 32 + 8:4096 + 32 + 10] = struct.pack("<h", 300)
     path.write_bytes(raw)
-    store = _core.Reader(str(path)) if reader == "core" else ReferenceReader(path)
-    for decode in ("decode_dense", "decode_topk"):
+    store = cedstore.open(path) if reader == "core" else ReferenceReader(path)
+    for decode in ("dense", "topk"):
         with pytest.raises(IntegrityError, match=rf"^{path}: epoch 0, sample 2: class index 300 at position 1 outside \[0, 6\) \(the record is corrupted\)"):
             getattr(store, decode)(0, [0, 2])

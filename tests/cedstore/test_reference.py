@@ -108,7 +108,7 @@ def test_unwritten_records_are_ff_and_epochs_stay_open(tmp_path):
     assert r.written(1).tolist() == [False, False, True, False]
     assert r.records(1)[[0, 1, 3]].tobytes() == b"\xff" * 48
     with pytest.raises(UnwrittenRecordError, match=r"r\.ced: epoch 1, sample 3: record not written"):
-        r.decode_topk(1, [2, 3])
+        r.topk(1, [2, 3])
     r.verify(require_complete=False)
     with pytest.raises(UnwrittenRecordError, match=r"epoch 1, sample 0: record not written"):
         r.verify()
@@ -120,7 +120,7 @@ def test_resume_opens_every_epoch_then_seals(tmp_path):
     w = ReferenceWriter.resume(path)
     assert ReferenceReader(path).epoch_table() == [(0, 0), (0, 0)]
     assert w.written(1).tolist() == [True, False, False, False]
-    w.write_dense(1, np.arange(1, 4), teacher.probs[1, 1:], teacher.seeds[1, 1:])
+    w.write(1, np.arange(1, 4), probs=teacher.probs[1, 1:], seeds=teacher.seeds[1, 1:])
     w.close()
     assert path.read_bytes() == write_with(ReferenceWriter, tmp_path / "one.ced", teacher, k=2).read_bytes()
 
@@ -294,7 +294,7 @@ def test_reference_verify_finds_corrupt_records(tmp_path):
     with pytest.raises(IntegrityError, match=r"epoch 0, sample 2: class index 6 at position 0 outside \[0, 6\)$"):
         ReferenceReader(path).verify()
     with pytest.raises(IntegrityError, match=r"epoch 0, sample 2: class index 6 at position 0 outside \[0, 6\)"):
-        ReferenceReader(path).decode_dense(0, [2])
+        ReferenceReader(path).dense(0, [2])
     data = bytearray(write_with(ReferenceWriter, tmp_path / "s.ced", teacher, k=3).read_bytes())
     data[4096 + 12] ^= 1  # the seed of sample 0: content stays valid, the CRC catches it
     (tmp_path / "s.ced").write_bytes(data)

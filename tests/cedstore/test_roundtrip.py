@@ -71,7 +71,7 @@ def test_core_and_reference_files_are_identical(case):
                 expected[row, expected_indices[row]] = expected_values[row]
             assert targets.tobytes() == expected.tobytes()
             np.testing.assert_array_equal(dense_seeds, seeds)
-            ref_targets, _ = ref.decode_dense(epoch, ids, fill=-7.0)
+            ref_targets, _ = ref.dense(epoch, ids, fill=-7.0)
             assert ref_targets.tobytes() == targets.tobytes()
         if keys is not None:
             assert store.keys == keys
