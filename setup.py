@@ -1,6 +1,8 @@
 """Builds cedstore and its C++ core, cedstore._core, from csrc/ (see FORMAT.md)."""
 
+import re
 from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
@@ -16,7 +18,7 @@ core = Pybind11Extension(
 
 setup(
     name="cedstore",
-    version="0.1.0",
+    version=re.search(r'__version__ = "(.+)"', Path("cedstore/_version.py").read_text()).group(1),
     description="Consistent ensemble distillation: a fixed-record store of teacher top-k outputs",
     packages=find_packages(include=["cedstore*", "ced_train*"]),
     package_data={"ced_train": ["resources/*.csv", "resources/*.md"]},

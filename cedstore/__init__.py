@@ -10,7 +10,7 @@ Example:
     >>> targets, seeds = cedstore.open("teacher.ced").dense(0, sample_ids)
 """
 
-__version__ = "0.1.0"
+from cedstore._version import __version__
 
 try:
     from cedstore import _core  # noqa: F401  (no pure-Python fallback, on purpose)

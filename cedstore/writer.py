@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from cedstore import __version__, _core
+from cedstore import _core
+from cedstore._version import __version__
 from cedstore.errors import InvalidInputError, WriterClosedError
 from cedstore.format import MAX_CLASSES, VALUE_KINDS, encode_metadata
 
