@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import struct
 import zlib
 from typing import Any
@@ -202,6 +204,76 @@ def check_sections(buf: bytes, h: Header, path: str) -> None:
 
 # --- metadata --------------------------------------------------------------------------------
 
+MAX_METADATA_BYTES = 16 * 2**20
+MAX_METADATA_DEPTH = 64  # the top-level object is depth 1
+METADATA_INT_RANGE = (-(2**63), 2**64)  # what an int64 or a uint64 can hold
+# A JSON string, or an unterminated one up to the end: never fails, so scanning stays linear.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+
+
+class _MetadataRule(ValueError):
+    """A JSON rule of FORMAT.md "Metadata" broken while parsing (raised from json hooks)."""
+
+
+def _check_number(value: int | float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _MetadataRule(f"number {value!r} is not a finite double")
+    if isinstance(value, int) and not METADATA_INT_RANGE[0] <= value < METADATA_INT_RANGE[1]:
+        raise _MetadataRule(f"integer {value} outside [-2**63, 2**64)")
+
+
+def _check_value(value: Any, depth: int) -> None:
+    """Raise _MetadataRule where the Python value `value` breaks a metadata rule."""
+    if isinstance(value, (dict, list, tuple)) and depth > MAX_METADATA_DEPTH:
+        raise _MetadataRule(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise _MetadataRule(f"object names must be strings, found {type(name).__name__} {name!r}")
+            _check_value(item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_value(item, depth + 1)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_number(value)
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of objects and arrays in JSON `text`, without recursion: brackets
+    inside strings do not count, and strings are lexed as json.loads lexes them."""
+    brackets = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8"), np.uint8)
+    steps = np.isin(brackets, np.frombuffer(b"[{", np.uint8)).astype(np.int64)
+    steps -= np.isin(brackets, np.frombuffer(b"]}", np.uint8))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict:
+    names = {}
+    for name, value in pairs:
+        if name in names:
+            raise _MetadataRule(f"duplicate name {name!r} in one object")
+        names[name] = value
+    return names
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _MetadataRule(f"number {text} is outside the range of a double")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 21:  # longer is out of range anyway; int() of a huge digit string is slow
+        raise _MetadataRule(f"integer {text[:21]}... outside [-2**63, 2**64)")
+    value = int(text)
+    _check_number(value)
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise _MetadataRule(f"{name} is not valid JSON")
+
 
 def check_metadata(meta: Any, where: str, error: type[Exception]) -> None:
     """Check that `meta` is a dict with a string `writer` and typed reserved keys; messages
@@ -221,31 +293,47 @@ def check_metadata(meta: Any, where: str, error: type[Exception]) -> None:
 
 
 def encode_metadata(meta: dict) -> bytes:
-    """Deterministic UTF-8 JSON (sorted keys, compact, no NaN) so every writer emits the same bytes.
+    """Deterministic UTF-8 JSON (sorted keys, compact) that decode_metadata reads back equal:
+    the same rules apply (string names, finite numbers, integers in [-2^63, 2^64), at most
+    64 levels deep and 16 MiB), so a writer never writes what a reader refuses.
 
     Raises:
-        InvalidInputError: `meta` breaks the reserved-key rules or is not JSON-serializable.
+        InvalidInputError: `meta` breaks a metadata rule or is not JSON-serializable.
     """
     check_metadata(meta, "", InvalidInputError)
     try:
+        _check_value(meta, 1)
         text = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
-    except (TypeError, ValueError) as e:  # unserializable value, NaN, lone surrogate
+        raw = text.encode("utf-8")
+    except _MetadataRule as e:
+        raise InvalidInputError(f"metadata: {e}") from None
+    except (TypeError, ValueError) as e:  # unserializable value, lone surrogate
         raise InvalidInputError(f"metadata is not serializable as strict UTF-8 JSON: {e}") from None
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+    if len(raw) > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"metadata: {len(raw)} bytes of JSON, at most {MAX_METADATA_BYTES} allowed")
+    return raw
 
 
 def decode_metadata(raw: bytes, path: str) -> dict:
-    """Parse metadata bytes (data only: nothing is executed) and check the reserved keys.
+    """Parse metadata bytes (data only: nothing is executed) and check the reserved keys and
+    the JSON rules of FORMAT.md "Metadata": no duplicate names, numbers that are finite
+    doubles, integers in [-2^63, 2^64), at most 64 levels deep and 16 MiB.
 
     Raises:
-        FormatError: not UTF-8, not strict JSON, not an object, or a reserved key of the wrong type.
+        FormatError: not UTF-8, not strict JSON, a broken rule, not an object, or a reserved
+            key of the wrong type.
     """
+    if len(raw) > MAX_METADATA_BYTES:
+        raise FormatError(f"{path}: metadata: {len(raw)} bytes, at most {MAX_METADATA_BYTES} allowed")
     try:
-        meta = json.loads(bytes(raw).decode("utf-8"), parse_constant=_refuse_constant)
+        text = bytes(raw).decode("utf-8")
+        depth = _nesting_depth(text)  # before json.loads, which recurses once per level
+        if depth > MAX_METADATA_DEPTH:
+            raise _MetadataRule(f"nested {depth} levels deep, at most {MAX_METADATA_DEPTH} allowed")
+        meta = json.loads(text, object_pairs_hook=_unique_names, parse_float=_parse_float,
+                          parse_int=_parse_int, parse_constant=_refuse_constant)
+    except _MetadataRule as e:
+        raise FormatError(f"{path}: metadata: {e}") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise FormatError(f"{path}: metadata is not UTF-8 JSON: {e}") from None
     check_metadata(meta, f"{path}: ", FormatError)

@@ -112,14 +112,14 @@ class Store:
         Example:
             >>> targets, seeds = store.dense(epoch % store.num_epochs, batch_ids)
         """
-        return self._core.decode_dense(epoch, np.asarray(sample_ids), fill, out)
+        return self._core.decode_dense(self._check_epoch(epoch), np.asarray(sample_ids), fill, out)
 
     def topk(self, epoch: int, sample_ids):
         """Records as stored: (values float32 [B, k], indices int64 [B, k], seeds int32 [B]).
 
         Raises the same errors as dense().
         """
-        return self._core.decode_topk(epoch, np.asarray(sample_ids))
+        return self._core.decode_topk(self._check_epoch(epoch), np.asarray(sample_ids))
 
     def records(self, epoch: int) -> np.ndarray:
         """Zero-copy read-only structured view [N] (values, indices, seed) of one epoch.
@@ -133,7 +133,7 @@ class Store:
 
     def written(self, epoch: int) -> np.ndarray:
         """bool [N]: which records of `epoch` are written."""
-        return self._core.written(epoch)
+        return self._core.written(self._check_epoch(epoch))
 
     def lookup(self, keys: list[str]) -> np.ndarray:
         """int64 [len(keys)]: the sample id of each key, -1 where the store has none."""

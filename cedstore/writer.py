@@ -55,6 +55,19 @@ def _check_array(path: str, name: str, a: Any, kinds: str, shape: tuple) -> np.n
     return a
 
 
+def _seeds_as_int32(path: str, epoch: int, ids: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """int32 seeds as they are, uint32 seeds in [2^31, 2^32) by their 32 bits; anything else is refused."""
+    bad = np.flatnonzero((seeds < -(2**31)) | (seeds >= 2**32))
+    if len(bad):
+        row = int(bad[0])
+        raise InvalidInputError(
+            f"{path}: epoch {epoch}, sample {ids[row]} (row {row}): seed {seeds[row]} outside "
+            "[-2**31, 2**32): seeds must be int32 or uint32 values"
+        )
+    seeds = seeds.astype(np.int64)
+    return np.where(seeds >= 2**31, seeds - 2**32, seeds).astype(np.int32)
+
+
 class Writer:
     """Writes records of one store; returned by create() and resume(), closed by `with`.
 
@@ -82,7 +95,8 @@ class Writer:
                 as the store's value_kind says); encoded to top-k by the core.
             values: instead of `probs`, float32/float16 [B, k], non-increasing per row.
             indices: with `values`, integer [B, k] class indices, distinct per row.
-            seeds: int32 [B] augmentation seeds (int64 within int32 range is accepted).
+            seeds: integer [B] augmentation seeds, int32 or uint32 values: in [-2**31, 2**32);
+                a uint32 value is stored by its 32 bits (read back as int32).
 
         Raises:
             InvalidInputError: wrong shapes/dtypes, NaN/Inf, bad or repeated indices or ids.
@@ -94,10 +108,11 @@ class Writer:
         """
         if self._closed:
             raise WriterClosedError(f"{self.path}: cannot write epoch {epoch}: the writer is closed")
+        epoch = self._check_epoch(epoch)
         ids = np.asarray(sample_ids)
         ids = _check_array(self.path, "sample_ids", ids, "iu", (ids.size,))
         batch = (len(ids),)
-        seeds = _check_array(self.path, "seeds", seeds, "iu", batch)
+        seeds = _seeds_as_int32(self.path, epoch, ids, _check_array(self.path, "seeds", seeds, "iu", batch))
         if probs is not None and values is None and indices is None:
             probs = _check_array(self.path, "probs", probs, "f", batch + (self.num_classes,))
             self._core.write_dense(epoch, ids, probs, seeds)
@@ -110,7 +125,13 @@ class Writer:
 
     def written(self, epoch: int) -> np.ndarray:
         """bool [num_samples]: which records of `epoch` are written (to finish a resumed run)."""
-        return self._core.written(epoch)
+        return self._core.written(self._check_epoch(epoch))
+
+    def _check_epoch(self, epoch: int) -> int:
+        epoch = operator.index(epoch)  # any Python int, checked here before the core's int64 sees it
+        if not 0 <= epoch < self.num_epochs:
+            raise IndexError(f"{self.path}: epoch {epoch} out of range [0, {self.num_epochs})")
+        return epoch
 
     def close(self, seal: bool = True) -> None:
         """Flush; when `seal`, checksum and seal every complete epoch. Idempotent."""
@@ -173,6 +194,10 @@ def create(
     if num_samples < 1 or num_epochs < 1:
         raise InvalidInputError(
             f"{path}: num_samples = {num_samples} and num_epochs = {num_epochs} must be at least 1"
+        )
+    if num_samples >= 2**63 or num_epochs >= 2**32:  # the core's int64 and the header's u32
+        raise InvalidInputError(
+            f"{path}: num_samples = {num_samples} must be below 2**63 and num_epochs = {num_epochs} below 2**32"
         )
     if value_kind not in VALUE_KINDS:
         raise InvalidInputError(f"{path}: value_kind must be one of {sorted(VALUE_KINDS)}, found {value_kind!r}")

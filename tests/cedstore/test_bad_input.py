@@ -21,7 +21,7 @@ from cedstore.errors import (
     UnwrittenRecordError,
     WriterClosedError,
 )
-from cedstore.format import encode_key_table, read_header
+from cedstore.format import encode_key_table, encode_metadata, read_header
 from cedstore.reference import ReferenceReader
 
 KEYS = ["a", "b", "c"]
@@ -36,6 +36,13 @@ def _npy() -> bytes:
 
 def _with_byte(data: bytes, position: int, value: int) -> bytes:
     return data[:position] + bytes([value]) + data[position + 1:]
+
+
+def _nested_lists(levels: int) -> list:
+    value = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
 
 
 def _key_table(ends=(0, 1, 2, 3), order=(0, 1, 2), blob=b"abc", num_keys=3) -> bytes:
@@ -66,7 +73,25 @@ BAD_FILES = [
     ("epoch crc", _with_byte(VALID, TABLE_OFFSET + 4, 9), FormatError, r"epoch 0: an open epoch must have crc 0, found 0x00000009"),
     ("metadata not UTF-8", assemble(b'{"writer":"\xff"}'), FormatError, r"metadata is not UTF-8 JSON: 'utf-8' codec can't decode"),
     ("metadata not JSON", assemble(b'{"writer":"x",}'), FormatError, r"metadata is not UTF-8 JSON: Expecting property name"),
-    ("metadata NaN", assemble(b'{"writer":"x","t":NaN}'), FormatError, r"metadata is not UTF-8 JSON: NaN is not valid JSON"),
+    ("metadata NaN", assemble(b'{"writer":"x","t":NaN}'), FormatError, r"metadata: NaN is not valid JSON"),
+    ("metadata Infinity", assemble(b'{"writer":"x","t":[-Infinity]}'), FormatError, r"metadata: -Infinity is not valid JSON"),
+    ("metadata 1e400", assemble(b'{"writer":"x","t":1e400}'), FormatError, r"metadata: number 1e400 is outside the range of a double"),
+    ("metadata -1e400", assemble(b'{"t":{"u":-1e400},"writer":"x"}'), FormatError, r"metadata: number -1e400 is outside the range of a double"),
+    ("metadata integer 2**64", assemble(b'{"writer":"x","t":18446744073709551616}'), FormatError,
+     r"metadata: integer 18446744073709551616 outside \[-2\*\*63, 2\*\*64\)"),
+    ("metadata integer -2**63-1", assemble(b'{"writer":"x","t":-9223372036854775809}'), FormatError,
+     r"metadata: integer -9223372036854775809 outside \[-2\*\*63, 2\*\*64\)"),
+    ("metadata integer of 5000 digits", assemble(b'{"writer":"x","t":' + b"9" * 5000 + b"}"), FormatError,
+     r"metadata: integer 999999999999999999999\.\.\. outside \[-2\*\*63, 2\*\*64\)"),
+    ("metadata duplicate writer", assemble(b'{"writer":"x","writer":"y"}'), FormatError, r"metadata: duplicate name 'writer' in one object"),
+    ("metadata duplicate nested name", assemble(b'{"writer":"x","user":{"a":1,"a":1}}'), FormatError,
+     r"metadata: duplicate name 'a' in one object"),
+    ("metadata nested 100000 deep", assemble(b'{"writer":"x","t":' + b"[" * 100000 + b"]" * 100000 + b"}"), FormatError,
+     r"metadata: nested 100001 levels deep, at most 64 allowed"),
+    ("metadata nested 65 deep", assemble(b'{"writer":"x","t":' + b'{"a":' * 63 + b"[]" + b"}" * 63 + b"}"), FormatError,
+     r"metadata: nested 65 levels deep, at most 64 allowed"),
+    ("metadata unterminated deep", assemble(b'{"writer":"x","t":"' + b'\\"[' * 1000), FormatError,
+     r"metadata is not UTF-8 JSON: Unterminated string"),
     ("metadata list", assemble(b'["writer"]'), FormatError, r"metadata must be a JSON object, found list"),
     ("metadata no writer", assemble(b"{}"), FormatError, r"metadata key 'writer' is required and must be a string"),
     ("metadata reserved type", assemble(b'{"writer":"x","label_space":[]}'), FormatError,
@@ -90,6 +115,30 @@ def test_bad_files_are_refused_at_open(tmp_path, reader, data, error, message):
     path.write_bytes(data)
     with pytest.raises(error, match=f"^{path}: {message}"):
         cedstore.open(path) if reader == "core" else ReferenceReader(path)
+
+
+def test_metadata_over_16_mib_is_refused(tmp_path):
+    path = tmp_path / "big.ced"
+    path.write_bytes(assemble(b'{"writer":"' + b"x" * (16 * 2**20 - 12) + b'"}'))
+    for read in (cedstore.open, ReferenceReader):
+        with pytest.raises(FormatError, match=f"^{path}: metadata: 16777217 bytes, at most 16777216 allowed$"):
+            read(path)
+
+
+def test_metadata_at_the_limits_round_trips(tmp_path):
+    """What the rules allow is written and read back unchanged, by the core and the reference."""
+    deepest = {"a": 1}
+    for _ in range(61):  # the top-level object is level 1, `user` level 2, `deepest` levels 3-64
+        deepest = {"a": deepest}
+    user = {"big": 2**64 - 1, "small": -(2**63), "huge": 1.7976931348623157e308, "tiny": 5e-324,
+            "deepest": deepest, "text": ""}
+    length = len(encode_metadata({"user": user, "writer": f"cedstore {cedstore.__version__}"}))
+    user["text"] = "x" * (16 * 2**20 - length)  # exactly 16 MiB of metadata
+    path = tmp_path / "x.ced"
+    cedstore.create(path, num_classes=4, k=2, num_samples=3, metadata={"user": user}).close()
+    assert read_header(path.read_bytes(), str(path)).metadata_length == 16 * 2**20
+    assert cedstore.open(path).metadata["user"] == user
+    assert ReferenceReader(path).metadata["user"] == user
 
 
 def _open_error(path) -> tuple[type, str]:
@@ -150,7 +199,25 @@ BAD_CREATE = [
     ({"metadata": {"activation": 1}}, InvalidInputError, r"metadata key 'activation' must be a JSON string, found int"),
     ({"metadata": {"activation": "relu"}}, InvalidInputError, r"metadata key 'activation' must be 'sigmoid' or 'softmax'"),
     ({"metadata": {"user": "x"}}, InvalidInputError, r"metadata key 'user' must be a JSON object, found str"),
-    ({"metadata": {"t": float("nan")}}, InvalidInputError, r"metadata is not serializable as strict UTF-8 JSON: Out of range float"),
+    ({"metadata": {"t": float("nan")}}, InvalidInputError, r"metadata: number nan is not a finite double"),
+    pytest.param({"metadata": {"t": [float("-inf")]}}, InvalidInputError, r"metadata: number -inf is not a finite double",
+                 id="metadata -inf"),
+    pytest.param({"metadata": {"user": {"t": 2**64}}}, InvalidInputError,
+                 r"metadata: integer 18446744073709551616 outside \[-2\*\*63, 2\*\*64\)", id="metadata integer 2**64"),
+    pytest.param({"metadata": {"t": -(2**63) - 1}}, InvalidInputError,
+                 r"metadata: integer -9223372036854775809 outside \[-2\*\*63, 2\*\*64\)", id="metadata integer -2**63-1"),
+    pytest.param({"metadata": {"user": {1: "a", "1": "b"}}}, InvalidInputError,
+                 r"metadata: object names must be strings, found int 1", id="metadata duplicate name 1 and '1'"),
+    pytest.param({"metadata": {"t": _nested_lists(64)}},
+                 InvalidInputError, r"metadata: nested deeper than 64 levels", id="metadata nested 65 deep"),
+    pytest.param({"metadata": {"t": "x" * 16 * 2**20}}, InvalidInputError,
+                 r"metadata: 16777250 bytes of JSON, at most 16777216 allowed", id="metadata over 16 MiB"),
+    pytest.param({"num_samples": 2**64}, InvalidInputError,
+                 r"x\.ced: num_samples = 18446744073709551616 must be below 2\*\*63 and num_epochs = 1 below 2\*\*32",
+                 id="num_samples 2**64"),
+    pytest.param({"num_epochs": 2**64}, InvalidInputError,
+                 r"x\.ced: num_samples = 3 must be below 2\*\*63 and num_epochs = 18446744073709551616 below 2\*\*32",
+                 id="num_epochs 2**64"),
     ({"metadata": {"t": object()}}, InvalidInputError, r"metadata is not serializable as strict UTF-8 JSON: Object of type object"),
     ({"metadata": {"label_space": {"num_classes": 5}}}, InvalidInputError, r"metadata label_space has 5 classes, the store 4"),
     ({"keys": ["a", "b", "a"]}, InvalidInputError, r"keys: duplicate key 'a' \(samples 0 and 2\)"),
@@ -186,7 +253,19 @@ BAD_WRITES = [
     ({"sample_ids": [[0]]}, InvalidInputError, r"sample_ids must be an integer array of shape \[1\], found int64 \[1, 1\]"),
     ({"seeds": np.zeros(2, np.int32)}, InvalidInputError, r"seeds must be an integer array of shape \[1\], found int32 \[2\]"),
     ({"seeds": np.zeros(1, F32)}, InvalidInputError, r"seeds must be an integer array of shape \[1\], found float32 \[1\]"),
-    ({"seeds": [2**31]}, InvalidInputError, r"epoch 0, sample 0 \(row 0\): seed 2147483648 outside the int32 range"),
+    pytest.param({"seeds": [2**32]}, InvalidInputError,
+                 r"epoch 0, sample 0 \(row 0\): seed 4294967296 outside \[-2\*\*31, 2\*\*32\): seeds must be int32 or uint32 values",
+                 id="seed 2**32"),
+    pytest.param({"seeds": [-(2**31) - 1]}, InvalidInputError,
+                 r"epoch 0, sample 0 \(row 0\): seed -2147483649 outside \[-2\*\*31, 2\*\*32\)", id="seed -2**31-1"),
+    pytest.param({"sample_ids": [2, 0], "probs": np.ones((2, 4), F32), "seeds": np.array([5, 2**64 - 1], np.uint64)},
+                 InvalidInputError, r"epoch 0, sample 0 \(row 1\): seed 18446744073709551615 outside \[-2\*\*31, 2\*\*32\)",
+                 id="uint64 seed 2**64-1 wraps"),
+    pytest.param({"seeds": np.array([2**64 - 2**31], np.uint64)}, InvalidInputError,
+                 r"epoch 0, sample 0 \(row 0\): seed 18446744071562067968 outside \[-2\*\*31, 2\*\*32\)",
+                 id="uint64 seed 2**64-2**31 wraps"),
+    pytest.param({"epoch": 2**64}, IndexError, r"epoch 18446744073709551616 out of range \[0, 2\)", id="epoch 2**64"),
+    pytest.param({"epoch": -(2**63) - 1}, IndexError, r"epoch -9223372036854775809 out of range \[0, 2\)", id="epoch -2**63-1"),
     ({"probs": None, "values": np.ones((1, 2), F32)}, InvalidInputError, r"give either probs= or both values= and indices="),
     ({"values": np.ones((1, 2), F32), "indices": [[0, 1]]}, InvalidInputError, r"give either probs= or both values= and indices="),
     ({"probs": np.array([[0.1, np.nan, 0, 0]], F32)}, InvalidInputError,
@@ -230,6 +309,18 @@ def test_bad_writes_change_nothing(tmp_path, kwargs, error, message):
     assert not store.written(0).any() and store.written(1).tolist() == [False, False, True]
 
 
+def test_uint32_seeds_keep_their_32_bits(tmp_path):
+    """Seeds in [-2**31, 2**32) are accepted: int32 values as they are, uint32 values by their bits."""
+    seeds = {np.uint64: [2**32 - 1, 2**31, 0], np.uint32: [2**32 - 1, 2**31, 7], np.int64: [2**32 - 1, -(2**31), 2**31 - 1]}
+    path = tmp_path / "x.ced"
+    with cedstore.create(path, num_classes=4, k=2, num_samples=3, num_epochs=3) as w:
+        for epoch, (dtype, values) in enumerate(seeds.items()):
+            w.write(epoch, [0, 1, 2], probs=np.ones((3, 4), F32), seeds=np.array(values, dtype))
+    store = cedstore.open(path)
+    for epoch, values in enumerate(seeds.values()):
+        assert store.topk(epoch, [0, 1, 2])[2].tolist() == np.array(values, np.int64).astype(np.uint32).view(np.int32).tolist()
+
+
 def test_write_after_close(tmp_path):
     w = cedstore.create(tmp_path / "x.ced", num_classes=4, k=2, num_samples=3)
     w.close()
@@ -256,6 +347,10 @@ BAD_READS = [
     (lambda s: s.dense(2, [0]), IndexError, r"epoch 2 out of range \[0, 2\)"),
     (lambda s: s.records(2), IndexError, r"epoch 2 out of range \[0, 2\)"),
     (lambda s: s.written(-1), IndexError, r"epoch -1 out of range \[0, 2\)"),
+    pytest.param(lambda s: s.dense(2**64, [0]), IndexError, r"epoch 18446744073709551616 out of range \[0, 2\)", id="dense epoch 2**64"),
+    pytest.param(lambda s: s.topk(2**63, [0]), IndexError, r"epoch 9223372036854775808 out of range \[0, 2\)", id="topk epoch 2**63"),
+    pytest.param(lambda s: s.written(-(2**64)), IndexError, r"epoch -18446744073709551616 out of range \[0, 2\)",
+                 id="written epoch -2**64"),
     (lambda s: s.dense(0, [0.5]), InvalidInputError, r"sample_ids: expected a 1-d integer array, found 1-d float64"),
     (lambda s: s.dense(0, [0], out=np.zeros((1, 4))), InvalidInputError, r"out: expected a C-contiguous writable float32 array"),
     (lambda s: s.lookup(["a"]), InvalidInputError, r"the store has no key table; create it with keys="),

@@ -170,7 +170,7 @@ def test_metadata_encoding_is_deterministic():
     [
         (b"\xff\xfe", r"f: metadata is not UTF-8 JSON: 'utf-8' codec"),
         (b"{]", r"f: metadata is not UTF-8 JSON: Expecting property name"),
-        (b'{"writer":"x","v":NaN}', r"f: metadata is not UTF-8 JSON: NaN is not valid JSON"),
+        (b'{"writer":"x","v":NaN}', r"f: metadata: NaN is not valid JSON"),
         (b"[1, 2]", r"f: metadata must be a JSON object, found list"),
         (b'{"user":{}}', r"f: metadata key 'writer' is required and must be a string"),
         (b'{"writer":"x","user":[]}', r"f: metadata key 'user' must be a JSON object, found list"),
