@@ -32,7 +32,8 @@ import torch
 
 import cedstore
 from ced_train import models
-from ced_train.augment import Recipe, seed_for
+from ced_train.augment import Recipe
+from ced_train.rng import seed_for
 from ced_train.extract import extract
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.teacher import Ensemble, predict

@@ -1,12 +1,20 @@
-"""Augmentation recipe ``cedaug`` v1, regenerated exactly from each record's 32-bit seed.
+"""Augmentation recipe ``cedaug`` v1 and the consistent input that teacher and student share.
 
 Consistent teaching needs the student to see exactly what the teacher saw. The teacher's
 augmentation is therefore a pure function of (recipe, seed, input shape): every parameter is an
-integer computed with SplitMix64 in uint64 arithmetic, so it is the same on any machine,
-device, process or library version, and the tensor ops (a circular shift and two masks) are
-exact. docs/AUGMENTATION.md is the normative specification, with test vectors.
+integer drawn from the seed with SplitMix64 (``ced_train.rng``) in uint64 arithmetic, so it is
+the same on any machine, device, process or library version, and the tensor ops (a circular
+shift and two masks) are exact. docs/AUGMENTATION.md is the normative specification, with test
+vectors.
 
-Student-side mixup (:func:`mixup`, :func:`mixup_loss`) is not part of the stored recipe.
+:func:`augmented_logmel` (and :func:`augment_waves` for a teacher that takes waveforms) is the
+one place that turns a batch of waves and seeds into that input: extraction and the store check
+feed the teacher with it, training feeds the student with it.
+
+Student-side mixup is not part of the stored recipe: see ``ced_train.mixup``.
+
+Example:
+    >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), lengths)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,80 +25,20 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["RECIPE_NAME", "RECIPE_VERSION", "Recipe", "mixup", "mixup_loss", "seed_for",
-           "splitmix64"]
+from ced_train.rng import draw, uniform_int
+
+__all__ = ["RECIPE_NAME", "RECIPE_VERSION", "Recipe", "augment_waves", "augmented_logmel"]
 
 RECIPE_NAME = "cedaug"
 RECIPE_VERSION = 1
-
-GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64 state increment
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 # Draw j of a seed's stream feeds one parameter; the order is part of the recipe version.
 DRAW_SHIFT, DRAW_TIME_WIDTH, DRAW_TIME_START, DRAW_FREQ_WIDTH, DRAW_FREQ_START = range(5)
 
 
-# ---- generator -----------------------------------------------------------------------------
-
-
-def splitmix64(state) -> np.ndarray:
-    """Return the SplitMix64 output for each uint64 ``state`` (vectorized, wraps mod 2**64).
-
-    This is one step of Vigna's SplitMix64: ``z = state + 0x9E3779B97F4A7C15`` followed by the
-    two xor-shift-multiply rounds. Feeding ``s, s + γ, s + 2γ, …`` gives the standard stream of
-    a SplitMix64 generator whose state was set to ``s``.
-
-    Args:
-        state: integers castable to uint64 (an array or a scalar).
-
-    Returns:
-        uint64 array (or scalar) of the same shape.
-
-    Example:
-        >>> hex(splitmix64(0))
-        '0xe220a8397b1dcdaf'
-    """
-    z = np.asarray(state, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # uint64 arithmetic is meant to wrap
-        z = z + GOLDEN_GAMMA
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        return z ^ (z >> np.uint64(31))
-
-
-def _draw(seeds: np.ndarray, j: int) -> np.ndarray:
-    """Draw ``j`` (0-based) of each seed's stream: ``splitmix64(seed + j * γ)``."""
-    with np.errstate(over="ignore"):
-        return splitmix64(seeds + np.uint64(j) * GOLDEN_GAMMA)
-
-
-def _uniform_int(draws: np.ndarray, n) -> np.ndarray:
-    """Map draws to integers in [0, n): ``((draw >> 32) * n) >> 32`` (exact for n <= 2**32)."""
-    return ((draws >> np.uint64(32)) * np.asarray(n, dtype=np.uint64)) >> np.uint64(32)
-
-
-def _lowbias32(x: np.ndarray) -> np.ndarray:
-    """A bijection on 32-bit integers (Wellons' lowbias32), in uint64 without wrapping."""
-    x = x ^ (x >> np.uint64(16))
-    x = (x * np.uint64(0x7FEB352D)) & _MASK32
-    x = x ^ (x >> np.uint64(15))
-    x = (x * np.uint64(0x846CA68B)) & _MASK32
-    return x ^ (x >> np.uint64(16))
-
-
-def _as_uint(values, bits: int, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{name}: expected integers, got {arr.dtype} values")
-    if arr.size and (arr.min() < 0 or (bits < 64 and arr.max() >= 2**bits)):
-        raise ValueError(
-            f"{name}: expected integers in [0, 2**{bits}), got range [{arr.min()}, {arr.max()}]"
-        )
-    return arr.astype(np.uint64)
+# ---- inputs --------------------------------------------------------------------------------
 
 
 def _seeds_u32(seeds) -> np.ndarray:
@@ -131,37 +79,6 @@ def _check_name_version(name, version) -> None:
             f"augmentation recipe {name!r} version {version!r} is not supported: "
             f"this code implements {RECIPE_NAME!r} version {RECIPE_VERSION}"
         )
-
-
-def seed_for(base_seed, epoch, sample_index):
-    """Return the augmentation seed of one sample in one extraction epoch, as int32.
-
-    ``key = splitmix64(splitmix64(base_seed) ^ epoch) >> 32`` and
-    ``seed = lowbias32(sample_index ^ key)``, read as signed int32. The result depends only on
-    its three arguments (not on sharding or order), and within one (base_seed, epoch) distinct
-    sample indices always get distinct seeds. Arguments broadcast like numpy arrays.
-
-    Args:
-        base_seed: run seed, integer(s) in [0, 2**64).
-        epoch: extraction epoch, integer(s) in [0, 2**64).
-        sample_index: sample index, integer(s) in [0, 2**32).
-
-    Returns:
-        ``np.int32`` for scalar arguments, else an int32 array of the broadcast shape.
-
-    Raises:
-        ValueError: for non-integer or out-of-range arguments.
-
-    Example:
-        >>> seed_for(0, 0, np.arange(3))
-        array([-507137767,  807331199, 1617244718], dtype=int32)
-    """
-    base = _as_uint(base_seed, 64, "base_seed")
-    epoch = _as_uint(epoch, 64, "epoch")
-    index = _as_uint(sample_index, 32, "sample_index")
-    key = splitmix64(splitmix64(base) ^ epoch) >> np.uint64(32)
-    seeds = _lowbias32(index ^ key).astype(np.uint32).view(np.int32)
-    return seeds[()] if seeds.ndim == 0 else seeds
 
 
 # ---- recipe --------------------------------------------------------------------------------
@@ -208,9 +125,40 @@ class Recipe:
             raise ValueError(f"Recipe.mask_value: expected a finite number, got {value!r}")
         object.__setattr__(self, "mask_value", float(value))  # so that 0 and 0.0 compare equal
 
+    def to_dict(self) -> dict:
+        """Return the recipe as a plain dict (the store's ``augmentation`` metadata entry).
+
+        Example:
+            >>> Recipe().to_dict()["name"]
+            'cedaug'
+        """
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> Recipe:
+        """Build a recipe from :meth:`to_dict` output (e.g. a store's metadata).
+
+        Raises:
+            ValueError: not a dict, an unknown name/version, or missing/unknown fields.
+
+        Example:
+            >>> Recipe.from_dict(Recipe().to_dict()) == Recipe()
+            True
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"augmentation recipe: expected a JSON object, got {data!r}")
+        _check_name_version(data.get("name"), data.get("version"))
+        expected = {f.name for f in fields(cls)}
+        if set(data) != expected:
+            raise ValueError(
+                f"augmentation recipe {RECIPE_NAME!r} version {RECIPE_VERSION}: expected fields "
+                f"{sorted(expected)}, got {sorted(data)}"
+            )
+        return cls(**data)
+
     def to_json(self) -> str:
-        """Return the recipe as a JSON object string (sorted keys), for the store's metadata."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Return :meth:`to_dict` as a JSON object string (sorted keys), e.g. for a log line."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
@@ -232,14 +180,7 @@ class Recipe:
             ) from err
         if not isinstance(data, dict):
             raise ValueError(f"augmentation recipe: expected a JSON object, got {text!r}")
-        _check_name_version(data.get("name"), data.get("version"))
-        expected = {f.name for f in fields(cls)}
-        if set(data) != expected:
-            raise ValueError(
-                f"augmentation recipe {RECIPE_NAME!r} version {RECIPE_VERSION}: expected fields "
-                f"{sorted(expected)}, got {sorted(data)}"
-            )
-        return cls(**data)
+        return cls.from_dict(data)
 
     def check_compatible(self, stored: Recipe) -> None:
         """Raise unless ``stored`` (read from a store's metadata) equals this recipe.
@@ -366,7 +307,7 @@ class Recipe:
     @staticmethod
     def _shift(seeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         half = lengths // np.uint64(2)
-        draws = _uniform_int(_draw(seeds, DRAW_SHIFT), np.uint64(2) * half + np.uint64(1))
+        draws = uniform_int(draw(seeds, DRAW_SHIFT), np.uint64(2) * half + np.uint64(1))
         return draws.astype(np.int64) - half.astype(np.int64)
 
     def _masks(self, seeds: np.ndarray, num_frames, num_mels) -> dict:
@@ -377,66 +318,77 @@ class Recipe:
             ("freq", num_mels, "num_mels", self.freq_mask_max, DRAW_FREQ_WIDTH, DRAW_FREQ_START),
         ):
             size = _sizes(size, size_name, len(seeds))
-            width = np.minimum(_uniform_int(_draw(seeds, draw_width), width_max), size)
-            start = _uniform_int(_draw(seeds, draw_start), size - width + np.uint64(1))
+            width = np.minimum(uniform_int(draw(seeds, draw_width), width_max), size)
+            start = uniform_int(draw(seeds, draw_start), size - width + np.uint64(1))
             out[f"{axis}_start"] = start.astype(np.int64)
             out[f"{axis}_width"] = width.astype(np.int64)
         return out
 
 
-# ---- student-side mixup --------------------------------------------------------------------
+# ---- the consistent input: augmentation at each chunk's own length -----------------------
 
 
-def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator):
-    """Mix each example with its partner in the reversed batch: ``λ·x.flip(0) + (1 − λ)·x``.
-
-    λ ~ Beta(α, α) per example, drawn with numpy's PCG64 Beta sampler seeded by one draw from
-    ``generator``, so the result is reproducible from the generator's state (save it with the
-    training checkpoint). Pair with :func:`mixup_loss` and the same ``lam``.
+def augment_waves(recipe: Recipe, waves: torch.Tensor, seeds, lengths=None) -> torch.Tensor:
+    """``recipe.apply_wave`` on each row's first ``lengths[b]`` samples (the padding stays).
 
     Args:
-        x: [B, ...] floating-point batch on any device.
-        alpha: Beta concentration, > 0 (0.5 in the CED paper for AS-20K).
-        generator: a ``torch.Generator`` (any device); advanced by one draw.
+        recipe: the augmentation recipe.
+        waves: (B, S) zero-padded batch.
+        seeds: (B,) int32 seeds.
+        lengths: (B,) samples of each row before padding; None means S for every row.
 
     Returns:
-        ``(x_mixed, lam)``: x_mixed like x; lam float32 [B] on x's device.
-
-    Raises:
-        ValueError: if alpha <= 0.
+        (B, S) augmented waves.
 
     Example:
-        >>> x_mixed, lam = mixup(torch.randn(4, 64, 1001), 0.5, torch.Generator().manual_seed(0))
+        >>> x = augment_waves(Recipe(), waves, seeds, lengths=dataset.lengths[ids])  # doctest: +SKIP
     """
-    if not alpha > 0:
-        raise ValueError(f"mixup: expected alpha > 0, got {alpha!r}")
-    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
-    lam = np.random.Generator(np.random.PCG64(seed)).beta(alpha, alpha, size=x.shape[0])
-    lam = torch.from_numpy(lam).to(device=x.device, dtype=torch.float32)
-    weight = lam.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-    return weight * x.flip(0) + (1.0 - weight) * x, lam
+    return recipe.apply_wave(waves, np.asarray(seeds), num_samples=lengths)
 
 
-def mixup_loss(logits: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits for a batch mixed by :func:`mixup`.
+def augmented_logmel(
+    waves: torch.Tensor,
+    seeds,
+    recipe: Recipe | None,
+    frontend: nn.Module,
+    lengths=None,
+) -> torch.Tensor:
+    """The teacher's (and the consistent student's) input: shift, frontend, then masks.
 
-    ``mean_b [λ_b · BCE(logits_b, y_partner(b)) + (1 − λ_b) · BCE(logits_b, y_b)]`` with the
-    partner being the reversed batch and BCE the mean over classes; computed as one BCE
-    against the mixed targets, which is the same because BCE is linear in its target.
+    Each row is computed as if it were alone in its batch, at its own length: the shift acts
+    on ``lengths[b]`` samples, the frontend sees no padding (its reflect padding and per-example
+    floor would otherwise see zeros past a short row's end), and the masks are drawn for the
+    frames that length gives. So a record's input never depends on its batch neighbours, and
+    the student rebuilds the teacher's input bit for bit however the two sides batch.
 
     Args:
-        logits: [B, C] pre-sigmoid outputs for the mixed inputs.
-        y: [B, C] targets (teacher probabilities) of the unmixed examples.
-        lam: [B] from :func:`mixup`.
+        waves: (B, S) float32 zero-padded batch.
+        seeds: (B,) int32 seeds (ignored when ``recipe`` is None).
+        recipe: the augmentation recipe, or None for clean inputs.
+        frontend: waveform -> dB log-mel (B, F, T), e.g. ``log_mel_frontend()``.
+        lengths: (B,) samples per row before padding; None means S for every row.
 
     Returns:
-        Scalar float32 loss.
+        (B, F, T) float32 dB log-mel; frames past a short row's end are the frontend's view of
+        its zero padding.
 
     Example:
-        >>> mixup_loss(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([0.5, 0.5]))
-        tensor(0.6931)
+        >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), dataset.lengths[ids])  # doctest: +SKIP
     """
-    lam = lam.to(device=logits.device, dtype=torch.float32)[:, None]
-    y = y.float()
-    target = lam * y.flip(0) + (1.0 - lam) * y
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
+    seeds = np.asarray(seeds)
+
+    def alone(rows_waves: torch.Tensor, rows_seeds: np.ndarray) -> torch.Tensor:
+        if recipe is None:
+            return frontend(rows_waves)
+        return recipe.apply_spec(frontend(recipe.apply_wave(rows_waves, rows_seeds)), rows_seeds)
+
+    sizes = np.full(len(waves), waves.shape[-1]) if lengths is None else np.asarray(lengths)
+    if np.all(sizes == waves.shape[-1]):
+        return alone(waves, seeds)
+    out = frontend(waves)
+    for size in np.unique(sizes):
+        rows = np.flatnonzero(sizes == size)
+        index = torch.from_numpy(rows).to(waves.device)
+        x = alone(waves[index, :size], seeds[rows] if recipe is not None else seeds)
+        out[index, :, : x.shape[-1]] = x
+    return out

@@ -66,7 +66,8 @@ from torch import nn
 
 import cedstore
 from ced_train import distributed
-from ced_train.augment import Recipe, seed_for
+from ced_train.augment import Recipe
+from ced_train.rng import seed_for
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.labels import default_names, read_names
 from ced_train.teacher import TEACHER_INPUTS, Ensemble, predict

@@ -1,12 +1,8 @@
-"""Running a teacher on augmented audio: the CED ensemble and the consistent teacher input.
+"""Running a teacher on augmented audio: the CED ensemble and :func:`predict`.
 
 Both the extraction (``ced_train.extract``) and the store check (``ced_train.check_store``)
-feed a teacher through :func:`predict`; a trainer that wants the student to see exactly the
-teacher's input uses :func:`augmented_logmel` (or :func:`augment_waves`) with the stored seeds.
-
-The recipe is applied to each chunk at its own length (``lengths[b]``), never to the zero
-padding of a batch, so an example's augmentation depends only on (recipe, seed, chunk), as
-docs/AUGMENTATION.md requires ("the same sizes"), whatever batch it is loaded in.
+feed a teacher through :func:`predict`, on the consistent input of ``ced_train.augment``
+(:func:`~ced_train.augment.augmented_logmel`), the same function training feeds the student with.
 
 Example:
     >>> teacher = Ensemble.from_checkpoints(["a.pt", "b.pt"])
@@ -26,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ced_train.augment import Recipe
+from ced_train.augment import Recipe, augment_waves, augmented_logmel
 
-__all__ = ["TEACHER_INPUTS", "Ensemble", "augment_waves", "augmented_logmel", "predict"]
+__all__ = ["TEACHER_INPUTS", "Ensemble", "predict"]
 
 TEACHER_INPUTS = ("spectrogram", "waveform")
 
@@ -88,75 +84,6 @@ class Ensemble(nn.Module):
         for member in self.members:
             total = total + member.forward_spectrogram(logmel).float().sigmoid()
         return total / len(self.members)
-
-
-# ---- augmentation at each chunk's own length -------------------------------------------------
-
-
-def augment_waves(recipe: Recipe, waves: torch.Tensor, seeds, lengths=None) -> torch.Tensor:
-    """``recipe.apply_wave`` on each row's first ``lengths[b]`` samples (the padding stays).
-
-    Args:
-        recipe: the augmentation recipe.
-        waves: (B, S) zero-padded batch.
-        seeds: (B,) int32 seeds.
-        lengths: (B,) samples of each row before padding; None means S for every row.
-
-    Returns:
-        (B, S) augmented waves.
-
-    Example:
-        >>> x = augment_waves(Recipe(), waves, seeds, lengths=dataset.lengths[ids])
-    """
-    return recipe.apply_wave(waves, np.asarray(seeds), num_samples=lengths)
-
-
-def augmented_logmel(
-    waves: torch.Tensor,
-    seeds,
-    recipe: Recipe | None,
-    frontend: nn.Module,
-    lengths=None,
-) -> torch.Tensor:
-    """The teacher's (and the consistent student's) input: shift, frontend, then masks.
-
-    Each row is computed as if it were alone in its batch, at its own length: the shift acts
-    on ``lengths[b]`` samples, the frontend sees no padding (its reflect padding and per-example
-    floor would otherwise see zeros past a short row's end), and the masks are drawn for the
-    frames that length gives. So a record's input never depends on its batch neighbours, and
-    the student rebuilds the teacher's input bit for bit however the two sides batch.
-
-    Args:
-        waves: (B, S) float32 zero-padded batch.
-        seeds: (B,) int32 seeds (ignored when ``recipe`` is None).
-        recipe: the augmentation recipe, or None for clean inputs.
-        frontend: waveform -> dB log-mel (B, F, T), e.g. ``log_mel_frontend()``.
-        lengths: (B,) samples per row before padding; None means S for every row.
-
-    Returns:
-        (B, F, T) float32 dB log-mel; frames past a short row's end are the frontend's view of
-        its zero padding.
-
-    Example:
-        >>> x = augmented_logmel(waves, seeds, Recipe(), log_mel_frontend(), dataset.lengths[ids])
-    """
-    seeds = np.asarray(seeds)
-
-    def alone(rows_waves: torch.Tensor, rows_seeds: np.ndarray) -> torch.Tensor:
-        if recipe is None:
-            return frontend(rows_waves)
-        return recipe.apply_spec(frontend(recipe.apply_wave(rows_waves, rows_seeds)), rows_seeds)
-
-    sizes = np.full(len(waves), waves.shape[-1]) if lengths is None else np.asarray(lengths)
-    if np.all(sizes == waves.shape[-1]):
-        return alone(waves, seeds)
-    out = frontend(waves)
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
-        index = torch.from_numpy(rows).to(waves.device)
-        x = alone(waves[index, :size], seeds[rows] if recipe is not None else seeds)
-        out[index, :, : x.shape[-1]] = x
-    return out
 
 
 def predict(

@@ -38,14 +38,15 @@ from torch import nn
 
 import cedstore
 from ced_train import distributed
-from ced_train.augment import Recipe, mixup, mixup_loss, splitmix64
+from ced_train.augment import Recipe, augment_waves, augmented_logmel
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.optim import OPTIMIZERS, create_optimizer, get_lr
-from ced_train.teacher import augment_waves, augmented_logmel
+from ced_train.mixup import mixup, mixup_loss
+from ced_train.rng import fresh_seeds, mixup_generator, training_permutation
 
 __all__ = [
     "AMP_MODES", "STUDENT_AUG", "TrainConfig", "TrainResult", "add_train_arguments",
-    "epoch_order", "fresh_seeds", "recipe_from_store", "run_train", "student_inputs", "train",
+    "epoch_order", "recipe_from_store", "run_train", "student_inputs", "train",
 ]
 
 STUDENT_AUG = ("store", "fresh", "none")
@@ -53,8 +54,6 @@ AMP_MODES = ("none", "bf16", "fp16")
 METRICS_FIELDS = ("epoch", "step", "loss", "lr", "mAP", "seconds")
 # Fields that may change between a run and its --resume without changing the trajectory.
 _RESUME_FREE = {"resume", "out", "device", "verbose", "eval_every", "eval_batch_size"}
-# Independent random streams derived from (seed, epoch).
-_STREAM_ORDER, _STREAM_MIXUP, _STREAM_FRESH = range(3)
 
 
 @dataclasses.dataclass
@@ -208,11 +207,6 @@ class _SpectrogramHead(nn.Module):
         return self.fn(x)
 
 
-def _stream_seed(seed: int, epoch: int, stream: int) -> int:
-    """A 63-bit seed for one random stream of one epoch (independent streams per purpose)."""
-    return int(splitmix64(splitmix64(np.uint64(seed)) ^ np.uint64(3 * epoch + stream))) >> 1
-
-
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
     """This process's positions of epoch ``epoch``: a seeded permutation, rank's disjoint slice.
 
@@ -223,16 +217,9 @@ def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size
         >>> epoch_order(5, seed=0, epoch=0).tolist()   # doctest: +SKIP
         [3, 0, 4, 1, 2]
     """
-    generator = torch.Generator().manual_seed(_stream_seed(seed, epoch, _STREAM_ORDER))
-    order = torch.randperm(num_items, generator=generator).numpy()
+    order = training_permutation(num_items, seed, epoch)
     usable = num_items - num_items % world_size
     return order[rank:usable:world_size]
-
-
-def fresh_seeds(num_items: int, seed: int, epoch: int) -> np.ndarray:
-    """int32 [num_items] augmentation seeds for ``--student-aug fresh``, one per item and epoch."""
-    generator = torch.Generator().manual_seed(_stream_seed(seed, epoch, _STREAM_FRESH))
-    return torch.randint(-(2**31), 2**31, (num_items,), dtype=torch.int64, generator=generator).numpy().astype(np.int32)
 
 
 def recipe_from_store(store: "cedstore.Store") -> Recipe | None:
@@ -405,7 +392,7 @@ def train(
         t0 = time.time()
         head.train()
         positions = epoch_order(len(train_ids), config.seed, epoch, dist_info.rank, dist_info.world_size)
-        mix_generator = torch.Generator().manual_seed(_stream_seed(config.seed, epoch, _STREAM_MIXUP))
+        mix_generator = mixup_generator(config.seed, epoch)
         epoch_seeds = fresh_seeds(len(dataset), config.seed, epoch) if config.student_aug == "fresh" else None
         loss_sum, lr = torch.zeros((), device=device), lr_at(step)
 

@@ -20,12 +20,12 @@ import cedstore
 from ced_train import check_store as check_store_module
 from ced_train import extract as extract_module
 from ced_train import models
-from ced_train.augment import Recipe, seed_for
+from ced_train.augment import Recipe, augment_waves, augmented_logmel
 from ced_train.check_store import check_store
 from ced_train.data import AudioDataset, write_tsv
 from ced_train.extract import Ensemble, extract
 from ced_train.frontend import FrontendConfig, log_mel_frontend
-from ced_train.teacher import augment_waves, augmented_logmel
+from ced_train.rng import seed_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 6

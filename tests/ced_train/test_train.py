@@ -17,11 +17,11 @@ from train_helpers import NUM_CLASSES, RECIPE, config, load, make_store, tiny_mo
 import cedstore
 from ced_train import models
 from ced_train import optim as optim_module
-from ced_train.augment import seed_for
+from ced_train.rng import fresh_seeds, seed_for
 from ced_train.evaluate import evaluate
 from ced_train.extract import extract
 from ced_train.optim import create_optimizer, get_lr
-from ced_train.train import TrainConfig, epoch_order, fresh_seeds, student_inputs, train
+from ced_train.train import TrainConfig, epoch_order, student_inputs, train
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_student_input_in_training_equals_teacher_input_bit_exact(work, tmp_path
 
 
 def test_student_inputs_matches_extraction_function(work):
-    from ced_train.teacher import augmented_logmel
+    from ced_train.augment import augmented_logmel
     from ced_train.frontend import log_mel_frontend
 
     dataset = work["dataset"]
