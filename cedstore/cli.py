@@ -1,13 +1,14 @@
 """The ``cedstore`` command: info, verify, dump, size, merge.
 
-Exit status: 0 on success, 1 when a file or its data is wrong, 2 for a usage error; errors are
-one line on stderr, ``cedstore: error: <message>``.
+Errors are one line on stderr, ``cedstore: error: <message>``, never a traceback; the exit
+status says what kind of error it was (EXIT_STATUS, also in ``cedstore --help``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -15,8 +16,28 @@ import numpy as np
 import cedstore
 from cedstore.sizes import METHODS
 
+EXIT_STATUS = {
+    0: "success",
+    1: "a file or its data is wrong (not a cedstore file, corrupt, incomplete), or the OS refused",
+    2: "usage error: an unknown command, a missing or malformed argument",
+    3: "internal error: a bug in cedstore, please report it",
+    130: "interrupted (Ctrl-C)",
+    141: "standard output was closed early (e.g. piped into head); the usual status of a SIGPIPE",
+}
+_EPILOG = "exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_STATUS.items()) + """
+
+examples:
+  cedstore info teacher.ced
+  cedstore verify teacher.ced
+  cedstore dump teacher.ced --epoch 0 --sample-ids 0:5 --json
+  cedstore size --num-samples 1904746 --num-classes 527 --k 20 --num-epochs 10
+  cedstore merge teacher.ced teacher.rank0.ced teacher.rank1.ced"""
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # epilogs (exit status, examples) keep their lines
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
     def error(self, message: str):  # one line, no usage block: scripts grep for the message
         _fail(f"{message} (see '{self.prog} --help')", 2)
 
@@ -26,8 +47,8 @@ def _fail(message: str, status: int):
     raise SystemExit(status)
 
 
-def _parse_samples(text: str, num_samples: int) -> np.ndarray:
-    """'a:b[:step]' (a Python slice) or 'i,j,...' to sample ids."""
+def _parse_sample_ids(text: str, num_samples: int) -> np.ndarray:
+    """'a:b[:step]' (a Python slice over the samples) or 'i,j,...' to sample ids."""
     try:
         if ":" in text:
             parts = [int(p) if p else None for p in text.split(":")]
@@ -36,14 +57,14 @@ def _parse_samples(text: str, num_samples: int) -> np.ndarray:
             return np.arange(num_samples)[slice(*parts)]
         return np.array([int(p) for p in text.split(",")], np.int64)
     except ValueError:
-        _fail(f"--samples {text!r} is not a slice 'start:stop[:step]' or a list 'i,j,...'", 2)
+        _fail(f"--sample-ids {text!r} is not a slice 'start:stop[:step]' or a list 'i,j,...'", 2)
 
 
 def _cmd_info(args) -> None:
     with cedstore.open(args.file) as store:
         info = store.info()
     if args.json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
+        print(json.dumps(info, indent=2, ensure_ascii=False, allow_nan=False))
         return
     print(f"{info['path']}: cedstore format {info['format_version']}, {info['value_kind']} values")
     print(f"  samples {info['num_samples']}, epochs {info['num_epochs']}, classes {info['num_classes']}, "
@@ -52,7 +73,7 @@ def _cmd_info(args) -> None:
     for e in info["epochs"]:
         state = f"sealed crc32 {e['crc32']}" if e["sealed"] else "open"
         print(f"  epoch {e['epoch']}: {e['written']}/{info['num_samples']} written, {state}")
-    print(f"  metadata {json.dumps(info['metadata'], sort_keys=True, ensure_ascii=False)}")
+    print(f"  metadata {json.dumps(info['metadata'], sort_keys=True, ensure_ascii=False, allow_nan=False)}")
 
 
 def _cmd_verify(args) -> None:
@@ -63,7 +84,7 @@ def _cmd_verify(args) -> None:
 
 def _cmd_dump(args) -> None:
     with cedstore.open(args.file) as store:
-        ids = _parse_samples(args.samples, store.num_samples)
+        ids = _parse_sample_ids(args.sample_ids, store.num_samples)
         bad = ids[(ids < 0) | (ids >= store.num_samples)]
         if len(bad):
             raise IndexError(f"{store.path}: sample {bad[0]} out of range [0, {store.num_samples})")
@@ -87,57 +108,83 @@ def _cmd_dump(args) -> None:
 
 
 def _cmd_size(args) -> None:
-    rows = {m: cedstore.storage_bytes(args.samples, args.classes, args.k, args.epochs, m) for m in METHODS}
+    counts = args.num_samples, args.num_classes, args.k, args.num_epochs
+    rows = {m: cedstore.storage_bytes(*counts, method=m) for m in METHODS}
     if args.json:
         print(json.dumps({m: {"bytes": b, "MB": b / 1e6, "MiB": b / 2**20} for m, b in rows.items()}, indent=2))
         return
-    print(f"{args.epochs} epoch(s) x {args.samples} samples, {args.classes} classes, k={args.k}")
+    print(f"{args.num_epochs} epoch(s) x {args.num_samples} samples, {args.num_classes} classes, k={args.k}")
     for method, size in rows.items():
         print(f"  {method:5} {size:>16,} bytes {size / 1e6:>12,.2f} MB {size / 2**20:>12,.2f} MiB")
 
 
 def _cmd_merge(args) -> None:
-    cedstore.merge(args.out, args.shards, overwrite=args.overwrite)
+    try:
+        cedstore.merge(args.out, args.shards, overwrite=args.overwrite)
+    except FileExistsError as e:
+        _fail(f"{e} (use --overwrite to replace it)", 1)
     print(f"{args.out}: merged {len(args.shards)} shards")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cedstore", description="Inspect, check and merge cedstore files.")
+    parser = _Parser(prog="cedstore", description="Inspect, check and merge cedstore files.", epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"cedstore {cedstore.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("info", help="shape, sizes, completion per epoch and metadata")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("info", help="shape, sizes, completion per epoch and metadata",
+                       epilog="example: cedstore info teacher.ced --json")
+    p.add_argument("file", help="the store")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_cmd_info)
-    p = sub.add_parser("verify", help="full integrity check (every record, sealed checksums)")
-    p.add_argument("file")
+    p = sub.add_parser("verify", help="full integrity check (every record, sealed checksums)",
+                       epilog="example: cedstore verify teacher.ced")
+    p.add_argument("file", help="the store")
     p.set_defaults(run=_cmd_verify)
-    p = sub.add_parser("dump", help="print records of one epoch")
-    p.add_argument("file")
-    p.add_argument("--epoch", type=int, default=0)
-    p.add_argument("--samples", default="0:10", help="'start:stop[:step]' or 'i,j,...' (default 0:10)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("dump", help="print records of one epoch",
+                       epilog="example: cedstore dump teacher.ced --epoch 1 --sample-ids 0:100:10")
+    p.add_argument("file", help="the store")
+    p.add_argument("--epoch", type=int, default=0, help="augmentation epoch (default 0)")
+    # a selection of sample ids (the `sample_ids` of Store.dense), not a count like size's --num-samples
+    p.add_argument("--sample-ids", default="0:10",
+                   help="which samples: 'start:stop[:step]' or 'i,j,...' (default 0:10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_cmd_dump)
-    p = sub.add_parser("size", help="storage of teacher outputs: ced vs fp16 vs fp32")
-    p.add_argument("--samples", type=int, required=True)
-    p.add_argument("--classes", type=int, required=True)
-    p.add_argument("--k", type=int, required=True)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("size", help="storage of teacher outputs: ced vs fp16 vs fp32",
+                       epilog="example: cedstore size --num-samples 21155 --num-classes 527 --k 20 --num-epochs 2")
+    p.add_argument("--num-samples", type=int, required=True, help="N, samples (audio clips or segments)")
+    p.add_argument("--num-classes", type=int, required=True, help="C, classes of the teacher")
+    p.add_argument("--k", type=int, required=True, help="values kept per record")
+    p.add_argument("--num-epochs", type=int, default=1, help="E, stored augmentation epochs (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_cmd_size)
-    p = sub.add_parser("merge", help="merge per-rank shards into one sealed store")
-    p.add_argument("out")
-    p.add_argument("shards", nargs="+")
+    p = sub.add_parser("merge", help="merge per-rank shards into one sealed store",
+                       epilog="example: cedstore merge teacher.ced teacher.rank*.ced")
+    p.add_argument("out", help="the merged store")
+    p.add_argument("shards", nargs="+", help="the shards, each written by one rank")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(run=_cmd_merge)
     return parser
 
 
+def _stdout_closed() -> int:
+    # Later writes (and the flush at exit) must not raise again: send them nowhere.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns 0 or exits with 1 (data error) or 2 (usage error)."""
+    """Run the command line; returns 0 or exits with a status of EXIT_STATUS."""
     args = _parser().parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
+    except BrokenPipeError:
+        raise SystemExit(_stdout_closed()) from None
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
     except (cedstore.CedStoreError, IndexError, OSError) as e:
         _fail(str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}", 1)
+    except MemoryError:
+        _fail("out of memory", 1)
+    except Exception as e:  # noqa: BLE001  (a bug: still one line, and a status that says so)
+        _fail(f"internal error, please report it: {type(e).__name__}: {e}", 3)
     return 0

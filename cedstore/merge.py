@@ -1,4 +1,4 @@
-"""Merging per-rank shards of one store into a single sealed file."""
+"""Merging per-rank shards of one store into a single sealed file, through the public API."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import os
 
 import numpy as np
 
-from cedstore import _core
+from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError, UnwrittenRecordError
 from cedstore.store import Store
+from cedstore.writer import create
 
 _CHUNK = 1 << 16  # samples per pass: bounds memory to a few MiB per shard
 
@@ -22,7 +23,7 @@ def _check_same(shards: list[Store]) -> None:
                     f"cannot merge {shard.path} into {first.path}: {name} is "
                     f"{getattr(shard, name)!r}, expected {getattr(first, name)!r}"
                 )
-        if shard._core.metadata_bytes() != first._core.metadata_bytes():
+        if shard.metadata != first.metadata:
             raise InvalidInputError(f"cannot merge {shard.path} into {first.path}: metadata differs")
         if shard.keys != first.keys:
             raise InvalidInputError(f"cannot merge {shard.path} into {first.path}: keys differ")
@@ -54,11 +55,19 @@ def _merge_chunk(shards: list[Store], epoch: int, start: int, stop: int) -> np.n
     return merged
 
 
-def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], overwrite: bool = False) -> None:
+def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], overwrite: bool = False,
+          progress: bool | None = None) -> None:
     """Merge shards of one store (same shape, metadata and keys) into a sealed file.
 
     Every record must be written in at least one shard, and be byte-identical wherever it is
-    written in several. The output appears only when the merge succeeds.
+    written in several. The output appears only when the merge succeeds; its metadata is the
+    shards' with `writer` set to this cedstore.
+
+    Args:
+        out_path: the merged file.
+        shard_paths: the shards, e.g. one per rank.
+        overwrite: replace `out_path` if it exists.
+        progress: rate and ETA on stderr; None (default) shows them on a terminal after 2 s.
 
     Raises:
         InvalidInputError: no shards, shards that differ in shape/metadata/keys, or a record
@@ -73,27 +82,31 @@ def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], ove
     if not shard_paths:
         raise InvalidInputError(f"{out_path}: no shards to merge")
     if os.path.exists(out_path) and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{out_path} exists; refusing to overwrite it")
     shards = [Store(path) for path in shard_paths]
     _check_same(shards)
-    for shard in shards:
-        shard.verify(require_complete=False)
     first = shards[0]
-    partial = out_path + ".partial"
-    writer = _core.Writer.create(
-        partial, first.k, first.num_classes, first.num_samples, first.num_epochs,
-        first._core.value_kind, first._core.metadata_bytes(), first.keys, True,
-    )
-    try:
-        for epoch in range(first.num_epochs):
-            for start in range(0, first.num_samples, _CHUNK):
-                stop = min(start + _CHUNK, first.num_samples)
-                records = _merge_chunk(shards, epoch, start, stop).reshape(-1).view(first.records(0).dtype)
-                writer.write_topk(epoch, np.arange(start, stop), np.ascontiguousarray(records["values"]),
-                                  np.ascontiguousarray(records["indices"]), np.ascontiguousarray(records["seed"]))
-        writer.close(seal=True)
-    except BaseException:
-        writer.close(seal=False)
-        os.remove(partial)
-        raise
+    num_records = first.num_epochs * first.num_samples
+    with Progress("merge", (len(shards) + 1) * num_records, "records", progress) as bar:
+        for shard in shards:
+            shard.verify(require_complete=False)
+            bar.update(num_records)
+        partial = out_path + ".partial"
+        metadata = {name: value for name, value in first.metadata.items() if name != "writer"}
+        writer = create(partial, num_classes=first.num_classes, k=first.k, num_samples=first.num_samples,
+                        num_epochs=first.num_epochs, keys=first.keys, metadata=metadata,
+                        value_kind=first.value_kind, overwrite=True)
+        try:
+            for epoch in range(first.num_epochs):
+                for start in range(0, first.num_samples, _CHUNK):
+                    stop = min(start + _CHUNK, first.num_samples)
+                    records = _merge_chunk(shards, epoch, start, stop).reshape(-1).view(first.records(0).dtype)
+                    writer.write(epoch, np.arange(start, stop), values=records["values"],
+                                 indices=records["indices"], seeds=records["seed"])
+                    bar.update(stop - start)
+            writer.close(seal=True)
+        except BaseException:
+            writer.close(seal=False)
+            os.remove(partial)
+            raise
     os.replace(partial, out_path)

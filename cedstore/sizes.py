@@ -14,8 +14,8 @@ METHODS = {
 }
 
 
-def storage_bytes(num_samples: int, num_classes: int, k: int, epochs: int = 1, method: str = "ced") -> int:
-    """Bytes of teacher outputs for `epochs` epochs of `num_samples` samples.
+def storage_bytes(num_samples: int, num_classes: int, k: int, num_epochs: int = 1, method: str = "ced") -> int:
+    """Bytes of teacher outputs for `num_epochs` epochs of `num_samples` samples.
 
     "ced" counts the records only (E·N·(4k + 4)); a file adds a small overhead (FORMAT.md,
     Notes). "fp16"/"fp32" are dense outputs of all classes, without seeds.
@@ -27,12 +27,12 @@ def storage_bytes(num_samples: int, num_classes: int, k: int, epochs: int = 1, m
         >>> storage_bytes(21155, 527, 20)  # AS-20K, one epoch: 1.78 MB
         1777020
     """
-    counts = [operator.index(n) for n in (num_samples, num_classes, k, epochs)]
+    counts = [operator.index(n) for n in (num_samples, num_classes, k, num_epochs)]
     if min(counts) < 1 or k > num_classes:
         raise InvalidInputError(
-            f"need num_samples, num_classes, k, epochs >= 1 and k <= num_classes, got "
-            f"num_samples={num_samples}, num_classes={num_classes}, k={k}, epochs={epochs}"
+            f"need num_samples, num_classes, k, num_epochs >= 1 and k <= num_classes, got "
+            f"num_samples={num_samples}, num_classes={num_classes}, k={k}, num_epochs={num_epochs}"
         )
     if method not in METHODS:
         raise InvalidInputError(f"method must be one of {list(METHODS)}, found {method!r}")
-    return epochs * num_samples * METHODS[method](num_classes, k)
+    return num_epochs * num_samples * METHODS[method](num_classes, k)

@@ -199,7 +199,7 @@ def test_merge_equals_one_shot(tmp_path, teacher):
     cedstore.merge(tmp_path / "merged.ced", shards)
     assert (tmp_path / "merged.ced").read_bytes() == pathlib.Path(one_shot).read_bytes()
     assert not (tmp_path / "merged.ced.partial").exists()
-    with pytest.raises(FileExistsError, match=r"merged\.ced exists; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"merged\.ced exists; refusing to overwrite it$"):
         cedstore.merge(tmp_path / "merged.ced", shards)
     cedstore.merge(tmp_path / "merged.ced", shards, overwrite=True)
 
@@ -251,15 +251,15 @@ def test_storage_bytes_reproduces_table_2(clips, method, mb, mib):
         rounded = f"{size / 2**20:,.{len(mib.partition('.')[2])}f}"
         # The paper truncates fp16 on AS-2M (1,914.6 MiB); every other entry is rounded.
         assert rounded == mib or (clips, method) == (1_904_746, "fp16") and math.floor(size / 2**20) == 1914
-    assert cedstore.storage_bytes(clips, 527, 20, epochs=3, method=method) == 3 * size
+    assert cedstore.storage_bytes(clips, 527, 20, num_epochs=3, method=method) == 3 * size
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"method": "int8"}, r"method must be one of \['ced', 'fp16', 'fp32'\], found 'int8'"),
-        ({"k": 600}, r"k <= num_classes, got num_samples=10, num_classes=527, k=600, epochs=1"),
-        ({"num_samples": 0}, r"need num_samples, num_classes, k, epochs >= 1"),
+        ({"k": 600}, r"k <= num_classes, got num_samples=10, num_classes=527, k=600, num_epochs=1"),
+        ({"num_samples": 0}, r"need num_samples, num_classes, k, num_epochs >= 1"),
     ],
 )
 def test_storage_bytes_refuses(kwargs, message):
@@ -273,7 +273,7 @@ def test_file_size_is_records_plus_documented_overhead(tmp_path, num_samples, nu
     path = tmp_path / "x.ced"
     cedstore.create(path, num_classes=527, k=20, num_samples=num_samples, num_epochs=num_epochs, keys=keys,
                     metadata=METADATA).close()
-    records = cedstore.storage_bytes(num_samples, 527, 20, epochs=num_epochs)
+    records = cedstore.storage_bytes(num_samples, 527, 20, num_epochs=num_epochs)
     key_bytes = 0 if keys is None else 16 + 8 * (num_samples + 1) + 8 * num_samples + sum(len(k) for k in keys)
     overhead = os.path.getsize(path) - records
     fixed = 128 + len(METADATA_JSON) + key_bytes + 8 * num_epochs

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
 
 import pytest
-from cedstore_helpers import make_teacher, write_with
+from cedstore_helpers import assemble, make_teacher, write_with
 
 import cedstore
 from cedstore import _core
-from cedstore.cli import main
+from cedstore.cli import EXIT_STATUS, _parser, main
 
 
 def run_process(*args) -> subprocess.CompletedProcess:
@@ -69,11 +70,11 @@ def test_verify(tmp_path, partial, run):
 def test_dump(partial, run):
     store = cedstore.open(partial)
     values, indices, seeds = store.topk(1, [0, 2])
-    result = run("dump", partial, "--epoch", "1", "--samples", "0:3")
+    result = run("dump", partial, "--epoch", "1", "--sample-ids", "0:3")
     assert result.returncode == 0
     pairs = " ".join(f"{c}:{v:.6g}" for c, v in zip(indices[0], values[0]))
     assert result.stdout.splitlines() == [f"0 w: seed {seeds[0]} {pairs}", "1 x: unwritten", result.stdout.splitlines()[2]]
-    dumped = json.loads(run("dump", partial, "--epoch", "1", "--samples", "2,1", "--json").stdout)
+    dumped = json.loads(run("dump", partial, "--epoch", "1", "--sample-ids", "2,1", "--json").stdout)
     assert dumped == {"epoch": 1, "records": [
         {"sample": 2, "key": "y", "written": True, "seed": int(seeds[1]), "indices": indices[1].tolist(),
          "values": values[1].tolist()},
@@ -83,7 +84,7 @@ def test_dump(partial, run):
 
 
 def test_size(run):
-    result = run("size", "--samples", 1904746, "--classes", 527, "--k", 20)
+    result = run("size", "--num-samples", 1904746, "--num-classes", 527, "--k", 20)
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
         "1 epoch(s) x 1904746 samples, 527 classes, k=20",
@@ -91,7 +92,7 @@ def test_size(run):
         "  fp16     2,007,602,284 bytes     2,007.60 MB     1,914.60 MiB",
         "  fp32     4,015,204,568 bytes     4,015.20 MB     3,829.20 MiB",
     ]
-    sizes = json.loads(run("size", "--samples", 21155, "--classes", 527, "--k", 20, "--epochs", 2, "--json").stdout)
+    sizes = json.loads(run("size", "--num-samples", 21155, "--num-classes", 527, "--k", 20, "--num-epochs", 2, "--json").stdout)
     assert sizes["ced"] == {"bytes": 2 * 1777020, "MB": 3.55404, "MiB": 2 * 1777020 / 2**20}
 
 
@@ -104,7 +105,9 @@ def test_merge(tmp_path, run):
     assert (tmp_path / "out.ced").read_bytes() == write_with(_core.Writer, tmp_path / "one.ced", teacher, 2).read_bytes()
     result = run("merge", tmp_path / "out.ced", a, b)
     assert result.returncode == 1
-    assert result.stderr == f"cedstore: error: {tmp_path / 'out.ced'} exists; pass overwrite=True to replace it\n"
+    assert result.stderr == f"cedstore: error: {tmp_path / 'out.ced'} exists; refusing to overwrite it (use --overwrite to replace it)\n"
+    result = run("merge", tmp_path / "out.ced", a, b, "--overwrite")
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 @pytest.mark.parametrize(
@@ -113,18 +116,24 @@ def test_merge(tmp_path, run):
         ([], 2, r"the following arguments are required: command \(see 'cedstore --help'\)"),
         (["frob"], 2, r"argument command: invalid choice: 'frob'"),
         (["dump"], 2, r"the following arguments are required: file \(see 'cedstore dump --help'\)"),
-        (["size", "--samples", "x", "--classes", "1", "--k", "1"], 2, r"argument --samples: invalid int value: 'x'"),
-        (["dump", "{partial}", "--samples", "a:b"], 2, r"--samples 'a:b' is not a slice 'start:stop\[:step\]' or a list 'i,j,...'"),
+        (["size", "--num-samples", "x", "--num-classes", "1", "--k", "1"], 2, r"argument --num-samples: invalid int value: 'x'"),
+        (["size", "--samples", "1", "--classes", "1", "--k", "1"], 2, r"the following arguments are required: --num-samples, --num-classes"),
+        (["dump", "{partial}", "--sample-ids", "a:b"], 2, r"--sample-ids 'a:b' is not a slice 'start:stop\[:step\]' or a list 'i,j,...'"),
         (["info", "{missing}"], 1, r"{missing}: No such file or directory"),
         (["info", "{text}"], 1, r"{text}: not a cedstore file: expected at least 128 bytes, found 6"),
         (["dump", "{partial}", "--epoch", "2"], 1, r"{partial}: epoch 2 out of range \[0, 2\)"),
-        (["dump", "{partial}", "--samples", "3,4"], 1, r"{partial}: sample 4 out of range \[0, 4\)"),
-        (["size", "--samples", "1", "--classes", "5", "--k", "6"], 1, r"need num_samples, num_classes, k, epochs >= 1 and k <= num_classes"),
+        (["dump", "{partial}", "--sample-ids", "3,4"], 1, r"{partial}: sample 4 out of range \[0, 4\)"),
+        (["size", "--num-samples", "1", "--num-classes", "5", "--k", "6"], 1, r"need num_samples, num_classes, k, num_epochs >= 1 and k <= num_classes"),
+        (["info", "{deep}"], 1, r"{deep}: metadata: nested 100001 levels deep, at most 64 allowed"),
+        (["info", "{infinite}", "--json"], 1, r"{infinite}: metadata: number 1e400 is outside the range of a double"),
     ],
 )
 def test_errors_are_one_line(tmp_path, partial, run, args, status, message):
-    names = {"partial": partial, "missing": tmp_path / "missing.ced", "text": tmp_path / "t.txt"}
+    names = {"partial": partial, "missing": tmp_path / "missing.ced", "text": tmp_path / "t.txt",
+             "deep": tmp_path / "deep.ced", "infinite": tmp_path / "inf.ced"}
     (tmp_path / "t.txt").write_text("hello\n")
+    (tmp_path / "deep.ced").write_bytes(assemble(b'{"writer":"x","t":' + b"[" * 100000 + b"]" * 100000 + b"}"))
+    (tmp_path / "inf.ced").write_bytes(assemble(b'{"writer":"x","t":1e400}'))
     result = run(*[a.format(**names) for a in args])
     assert result.returncode == status and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -138,5 +147,53 @@ def test_python_m_cedstore_in_a_subprocess(partial):
     result = run_process("verify", partial)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == f"cedstore: error: {partial}: epoch 1, sample 1: record not written\n"
-    result = run_process("dump", partial, "--samples", "x")
-    assert result.returncode == 2 and result.stderr.startswith("cedstore: error: --samples 'x' is not a slice")
+    result = run_process("dump", partial, "--sample-ids", "x")
+    assert result.returncode == 2 and result.stderr.startswith("cedstore: error: --sample-ids 'x' is not a slice")
+
+
+def test_version_and_help(run):
+    result = run("--version")
+    assert (result.returncode, result.stdout) == (0, f"cedstore {cedstore.__version__}\n")
+    result = run("--help")
+    assert result.returncode == 0
+    table = result.stdout.partition("exit status:\n")[2].partition("\n\n")[0].splitlines()
+    assert [int(line.split()[0]) for line in table] == list(EXIT_STATUS)
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(commands) == ["dump", "info", "merge", "size", "verify"]
+    for name, command in commands.items():  # an example, and help text for every argument
+        assert f"example: cedstore {name} " in run(name, "--help").stdout
+        assert all(action.help for action in command._actions), name
+
+
+def test_dump_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`cedstore dump ... | head -1`: the reader goes away; no traceback, the SIGPIPE status."""
+    teacher = make_teacher(1, 5000, 3)
+    path = write_with(_core.Writer, tmp_path / "big.ced", teacher, 2)
+    dump = subprocess.Popen([sys.executable, "-m", "cedstore", "dump", str(path), "--sample-ids", "0:5000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert dump.stdout.readline().startswith(b"0: seed ")
+    dump.stdout.close()  # what head does after its first line
+    assert dump.wait(timeout=60) == 141
+    assert dump.stderr.read() == b""
+    dump.stderr.close()
+
+
+def test_internal_errors_are_one_line(run, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(cedstore, "open", broken)
+    result = run("info", "x.ced")
+    assert (result.returncode, result.stdout) == (3, "")
+    assert result.stderr == "cedstore: error: internal error, please report it: RecursionError: maximum recursion depth exceeded\n"
+
+
+def test_merge_shows_progress_only_when_asked(tmp_path, capsys):
+    teacher = make_teacher(2, 6, 5)
+    a = write_with(_core.Writer, tmp_path / "a.ced", teacher, 2, batches=[(0, range(6)), (1, [0, 1])])
+    b = write_with(_core.Writer, tmp_path / "b.ced", teacher, 2, batches=[(1, range(2, 6))])
+    cedstore.merge(tmp_path / "quiet.ced", [a, b])  # stderr is not a terminal here: nothing
+    assert capsys.readouterr() == ("", "")
+    cedstore.merge(tmp_path / "out.ced", [a, b], progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(r"merge: 36/36 records \(100%\), [\d,]+ records/s, ETA 0:00\n", err), err
