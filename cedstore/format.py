@@ -222,6 +222,13 @@ def _check_number(value: int | float) -> None:
         raise _MetadataRule(f"integer {value} outside [-2**63, 2**64)")
 
 
+def _check_string(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from the JSON escape "\ud800"
+        raise _MetadataRule(f"string {text[:40]!r} is not valid Unicode (a lone surrogate)") from None
+
+
 def _check_value(value: Any, depth: int) -> None:
     """Raise _MetadataRule where the Python value `value` breaks a metadata rule."""
     if isinstance(value, (dict, list, tuple)) and depth > MAX_METADATA_DEPTH:
@@ -230,10 +237,13 @@ def _check_value(value: Any, depth: int) -> None:
         for name, item in value.items():
             if not isinstance(name, str):
                 raise _MetadataRule(f"object names must be strings, found {type(name).__name__} {name!r}")
+            _check_string(name)
             _check_value(item, depth + 1)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _check_value(item, depth + 1)
+    elif isinstance(value, str):
+        _check_string(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         _check_number(value)
 
@@ -294,8 +304,9 @@ def check_metadata(meta: Any, where: str, error: type[Exception]) -> None:
 
 def encode_metadata(meta: dict) -> bytes:
     """Deterministic UTF-8 JSON (sorted keys, compact) that decode_metadata reads back equal:
-    the same rules apply (string names, finite numbers, integers in [-2^63, 2^64), at most
-    64 levels deep and 16 MiB), so a writer never writes what a reader refuses.
+    the same rules apply (string names, valid Unicode, finite numbers, integers in
+    [-2^63, 2^64), at most 64 levels deep and 16 MiB), so a writer never writes what a reader
+    refuses.
 
     Raises:
         InvalidInputError: `meta` breaks a metadata rule or is not JSON-serializable.
@@ -316,8 +327,8 @@ def encode_metadata(meta: dict) -> bytes:
 
 def decode_metadata(raw: bytes, path: str) -> dict:
     """Parse metadata bytes (data only: nothing is executed) and check the reserved keys and
-    the JSON rules of FORMAT.md "Metadata": no duplicate names, numbers that are finite
-    doubles, integers in [-2^63, 2^64), at most 64 levels deep and 16 MiB.
+    the JSON rules of FORMAT.md "Metadata": no duplicate names, no lone surrogates, numbers
+    that are finite doubles, integers in [-2^63, 2^64), at most 64 levels deep and 16 MiB.
 
     Raises:
         FormatError: not UTF-8, not strict JSON, a broken rule, not an object, or a reserved
@@ -332,6 +343,7 @@ def decode_metadata(raw: bytes, path: str) -> dict:
             raise _MetadataRule(f"nested {depth} levels deep, at most {MAX_METADATA_DEPTH} allowed")
         meta = json.loads(text, object_pairs_hook=_unique_names, parse_float=_parse_float,
                           parse_int=_parse_int, parse_constant=_refuse_constant)
+        _check_value(meta, 1)  # strings: json.loads accepts escaped lone surrogates
     except _MetadataRule as e:
         raise FormatError(f"{path}: metadata: {e}") from None
     except (UnicodeDecodeError, ValueError) as e:
