@@ -21,7 +21,7 @@ from cedstore.errors import (
     UnwrittenRecordError,
     WriterClosedError,
 )
-from cedstore.format import encode_key_table, encode_metadata, read_header
+from cedstore.format import decode_metadata, encode_key_table, encode_metadata, read_header
 from cedstore.reference import ReferenceReader
 
 KEYS = ["a", "b", "c"]
@@ -83,6 +83,8 @@ BAD_FILES = [
      r"metadata: integer -9223372036854775809 outside \[-2\*\*63, 2\*\*64\)"),
     ("metadata integer of 5000 digits", assemble(b'{"writer":"x","t":' + b"9" * 5000 + b"}"), FormatError,
      r"metadata: integer 999999999999999999999\.\.\. outside \[-2\*\*63, 2\*\*64\)"),
+    ("metadata lone surrogate", assemble(b'{"writer":"x","user":{"\\ud800":1}}'), FormatError,
+     r"metadata: string '\\ud800' is not valid Unicode \(a lone surrogate\)"),
     ("metadata duplicate writer", assemble(b'{"writer":"x","writer":"y"}'), FormatError, r"metadata: duplicate name 'writer' in one object"),
     ("metadata duplicate nested name", assemble(b'{"writer":"x","user":{"a":1,"a":1}}'), FormatError,
      r"metadata: duplicate name 'a' in one object"),
@@ -121,8 +123,11 @@ def test_metadata_over_16_mib_is_refused(tmp_path):
     path = tmp_path / "big.ced"
     path.write_bytes(assemble(b'{"writer":"' + b"x" * (16 * 2**20 - 12) + b'"}'))
     for read in (cedstore.open, ReferenceReader):
-        with pytest.raises(FormatError, match=f"^{path}: metadata: 16777217 bytes, at most 16777216 allowed$"):
+        with pytest.raises(FormatError, match=f"^{path}: (header field metadata_length: expected 2 <= "
+                           "metadata_length <= 16777216, found|metadata:) 16777217"):  # the header check comes first
             read(path)
+    with pytest.raises(FormatError, match="^f: metadata: 16777217 bytes, at most 16777216 allowed$"):
+        decode_metadata(b" " * (16 * 2**20 + 1), "f")
 
 
 def test_metadata_at_the_limits_round_trips(tmp_path):
@@ -206,6 +211,8 @@ BAD_CREATE = [
                  r"metadata: integer 18446744073709551616 outside \[-2\*\*63, 2\*\*64\)", id="metadata integer 2**64"),
     pytest.param({"metadata": {"t": -(2**63) - 1}}, InvalidInputError,
                  r"metadata: integer -9223372036854775809 outside \[-2\*\*63, 2\*\*64\)", id="metadata integer -2**63-1"),
+    pytest.param({"metadata": {"user": {"\udfff": 1}}}, InvalidInputError,
+                 r"metadata: string '\\udfff' is not valid Unicode \(a lone surrogate\)", id="metadata lone surrogate"),
     pytest.param({"metadata": {"user": {1: "a", "1": "b"}}}, InvalidInputError,
                  r"metadata: object names must be strings, found int 1", id="metadata duplicate name 1 and '1'"),
     pytest.param({"metadata": {"t": _nested_lists(64)}},
