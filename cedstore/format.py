@@ -1,4 +1,4 @@
-"""The cedstore file format, version 1, as executable Python (FORMAT.md is normative).
+"""The cedstore file format, version 1.1, as executable Python (FORMAT.md is normative).
 
 Constants (with the table of readable versions), the header and its checks, the section
 layout, the metadata and key table codecs, the record dtype and the top-k encoding, built on
@@ -23,7 +23,8 @@ import numpy as np
 from cedstore.errors import FormatError, InvalidInputError, UnsupportedVersionError
 
 MAGIC = b"CEDSTORE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the major version; a reader refuses a major version it does not know
+FORMAT_MINOR_VERSION = 1  # what this writes; every minor version of a known major is read
 SUPPORTED_VERSIONS = (1,)
 HEADER_SIZE = 128
 RECORDS_ALIGN = 4096
@@ -33,10 +34,10 @@ UNWRITTEN_INDEX = -1
 VALUE_KINDS = {"probability": 0, "logit": 1}
 EPOCH_OPEN, EPOCH_SEALED = 0, 1
 
-# magic, version, header_size, k, num_classes, num_samples, num_epochs, record_size, value_kind,
-# reserved0, metadata_offset/length, keys_offset/length, epoch_table_offset/length,
-# records_offset/length, reserved1, header_crc
-HEADER_FORMAT = "<8sIIIIQIIIIQQQQQQQQ12sI"
+# magic, version (major), version_minor, header_size, k, num_classes, num_samples, num_epochs,
+# record_size, value_kind, reserved0, metadata_offset/length, keys_offset/length,
+# epoch_table_offset/length, records_offset/length, sections_crc, reserved1, header_crc
+HEADER_FORMAT = "<8sHHIIIQIIIIQQQQQQQQI8sI"
 EPOCH_ENTRY_FORMAT = "<II"  # state, crc
 KEY_TABLE_PREFIX_FORMAT = "<QQ"  # num_keys, blob_length
 
@@ -77,6 +78,7 @@ class Header:
 
     magic: bytes
     version: int
+    version_minor: int
     header_size: int
     k: int
     num_classes: int
@@ -93,6 +95,7 @@ class Header:
     epoch_table_length: int
     records_offset: int
     records_length: int
+    sections_crc: int
     reserved1: bytes
     header_crc: int
 
@@ -122,11 +125,16 @@ def layout(
     epoch_table_offset = _align(keys_offset + keys_length, SECTION_ALIGN)
     records_offset = _align(epoch_table_offset + 8 * num_epochs, RECORDS_ALIGN)
     return Header(
-        MAGIC, FORMAT_VERSION, HEADER_SIZE, k, num_classes, num_samples, num_epochs, record_size,
-        value_kind, 0, HEADER_SIZE, metadata_length, keys_offset, keys_length,
+        MAGIC, FORMAT_VERSION, FORMAT_MINOR_VERSION, HEADER_SIZE, k, num_classes, num_samples, num_epochs,
+        record_size, value_kind, 0, HEADER_SIZE, metadata_length, keys_offset, keys_length,
         epoch_table_offset, 8 * num_epochs, records_offset,
-        num_epochs * num_samples * record_size, bytes(12), 0,
+        num_epochs * num_samples * record_size, 0, bytes(8), 0,
     )
+
+
+def sections_crc(buf: bytes, h: Header) -> int:
+    """CRC-32 of bytes [128, epoch_table_offset): the metadata, the key table and their gaps."""
+    return zlib.crc32(buf[HEADER_SIZE:h.epoch_table_offset])
 
 
 def read_header(buf: bytes, path: str) -> Header:
@@ -140,8 +148,8 @@ def read_header(buf: bytes, path: str) -> Header:
         raise FormatError(f"{path}: not a cedstore file: expected at least {HEADER_SIZE} bytes, found {len(buf)}")
     if buf[:8] != MAGIC:
         raise FormatError(f"{path}: not a cedstore file: expected magic {MAGIC!r}, found {bytes(buf[:8])!r}")
-    (version,) = struct.unpack_from("<I", buf, 8)
-    if version not in SUPPORTED_VERSIONS:
+    (version,) = struct.unpack_from("<H", buf, 8)
+    if version not in SUPPORTED_VERSIONS:  # any minor version of a known major version is read
         raise UnsupportedVersionError(
             f"{path}: format version {version}, this cedstore reads version "
             f"{', '.join(map(str, SUPPORTED_VERSIONS))} (a newer cedstore may read it)"
@@ -153,6 +161,9 @@ def read_header(buf: bytes, path: str) -> Header:
             f"{path}: header CRC mismatch: stored 0x{stored_crc:08x}, computed 0x{crc:08x} (the header is corrupted)"
         )
     h = Header(*struct.unpack_from(HEADER_FORMAT, buf, 0))
+    # Reserved bytes: 112-123 in 1.0, 116-123 from 1.1 on (sections_crc took 112-115). A newer
+    # minor version may use them for fields this reader does not know, so they are not checked.
+    reserved = buf[112 if h.version_minor == 0 else 116:124]
     expected = layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind,
                       h.metadata_length, h.keys_length)
     rules = [  # (field, valid, what is expected), checked in this order
@@ -166,7 +177,7 @@ def read_header(buf: bytes, path: str) -> Header:
         ("reserved0", h.reserved0 == 0, 0),
         ("metadata_offset", h.metadata_offset == HEADER_SIZE, HEADER_SIZE),
         ("metadata_length", h.metadata_length >= 2, ">= 2"),
-        ("reserved1", h.reserved1 == bytes(12), "12 zero bytes"),
+        ("reserved1", h.version_minor > FORMAT_MINOR_VERSION or not any(reserved), f"{len(reserved)} zero bytes"),
         ("keys_offset", h.keys_offset == expected.keys_offset, expected.keys_offset),
         ("epoch_table_offset", h.epoch_table_offset == expected.epoch_table_offset, expected.epoch_table_offset),
         ("epoch_table_length", h.epoch_table_length == expected.epoch_table_length, expected.epoch_table_length),
@@ -175,7 +186,8 @@ def read_header(buf: bytes, path: str) -> Header:
     ]
     for name, valid, rule in rules:
         if not valid:
-            raise FormatError(f"{path}: header field {name}: expected {rule}, found {getattr(h, name)!r}")
+            found = bytes(reserved) if name == "reserved1" else getattr(h, name)
+            raise FormatError(f"{path}: header field {name}: expected {rule}, found {found!r}")
     if len(buf) < h.file_size:
         raise FormatError(f"{path}: file is truncated: expected {h.file_size} bytes, found {len(buf)}")
     if len(buf) > h.file_size:
@@ -184,22 +196,27 @@ def read_header(buf: bytes, path: str) -> Header:
 
 
 def check_sections(buf: bytes, h: Header, path: str) -> None:
-    """The parts of the file outside the header that are checked at open: zero gaps, epoch table.
+    """The parts of the file outside the header that are checked at open: zero gaps, epoch
+    table, and (from version 1.1) the CRC of the metadata and key table.
 
     Raises:
-        FormatError: a non-zero gap byte, or an epoch entry that is neither open nor sealed.
+        FormatError: a non-zero gap byte, an epoch entry that is neither open nor sealed, or a
+            metadata and key table CRC mismatch.
     """
     gaps = [(HEADER_SIZE + h.metadata_length, h.keys_offset),
             (h.keys_offset + h.keys_length, h.epoch_table_offset),
             (h.epoch_table_offset + h.epoch_table_length, h.records_offset)]
     if any(any(buf[start:end]) for start, end in gaps):
         raise FormatError(f"{path}: alignment gap between sections is not zero")
-    for epoch in range(h.num_epochs):
-        state, crc = struct.unpack_from(EPOCH_ENTRY_FORMAT, buf, h.epoch_table_offset + 8 * epoch)
+    for epoch in range(h.num_epochs):  # an open epoch's second word is its rewrite sequence: any value
+        state, _ = struct.unpack_from(EPOCH_ENTRY_FORMAT, buf, h.epoch_table_offset + 8 * epoch)
         if state not in (EPOCH_OPEN, EPOCH_SEALED):
             raise FormatError(f"{path}: epoch {epoch}: state: expected 0 (open) or 1 (sealed), found {state}")
-        if state == EPOCH_OPEN and crc != 0:
-            raise FormatError(f"{path}: epoch {epoch}: an open epoch must have crc 0, found 0x{crc:08x}")
+    if h.version_minor >= 1 and sections_crc(buf, h) != h.sections_crc:
+        raise FormatError(
+            f"{path}: metadata and key table CRC mismatch: stored 0x{h.sections_crc:08x}, computed "
+            f"0x{sections_crc(buf, h):08x} (the metadata or key table is corrupted)"
+        )
 
 
 # --- metadata --------------------------------------------------------------------------------

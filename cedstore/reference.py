@@ -7,13 +7,17 @@ writes byte-identical files and decodes them identically; nothing in the public 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import errno
 import os
+import stat
 import struct
 import zlib
 
 import numpy as np
 
 from cedstore.errors import (
+    FormatError,
     IntegrityError,
     InvalidInputError,
     UnwrittenRecordError,
@@ -21,6 +25,7 @@ from cedstore.errors import (
 )
 from cedstore.format import (
     EPOCH_ENTRY_FORMAT,
+    EPOCH_OPEN,
     EPOCH_SEALED,
     HEADER_SIZE,
     MAX_CLASSES,
@@ -34,7 +39,20 @@ from cedstore.format import (
     layout,
     read_header,
     record_dtype,
+    sections_crc,
 )
+
+
+def _open_regular_file(path: str):
+    """The file at path opened for reading; never blocks (a FIFO is refused, not waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        raise FormatError(f"{path}: not a cedstore file: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def _check_index(value: int, bound: int, what: str, path: str) -> int:
@@ -53,7 +71,7 @@ class ReferenceReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
+        with _open_regular_file(self.path) as f:
             self.data = f.read()
         h = self.header = read_header(self.data, self.path)
         check_sections(self.data, h, self.path)
@@ -168,10 +186,13 @@ class ReferenceWriter:
             raise InvalidInputError(f"need num_samples >= 1 and num_epochs >= 1, got {num_samples}, {num_epochs}")
         key_table = encode_key_table(keys, num_samples) if keys is not None else b""
         h = layout(k, num_classes, num_samples, num_epochs, value_kind, len(metadata_json), len(key_table))
+        sections = bytearray(h.epoch_table_offset)  # bytes [0, epoch_table_offset); the header comes last
+        sections[HEADER_SIZE:HEADER_SIZE + len(metadata_json)] = metadata_json
+        sections[h.keys_offset:h.keys_offset + len(key_table)] = key_table
+        h = dataclasses.replace(h, sections_crc=sections_crc(sections, h))
         file = open(path, "wb" if overwrite else "xb")
-        file.write(h.pack() + metadata_json)
-        file.write(bytes(h.keys_offset - file.tell()) + key_table)
-        file.write(bytes(h.records_offset - file.tell()))  # gap, the all-open epoch table, gap
+        file.write(h.pack() + sections[HEADER_SIZE:])
+        file.write(bytes(h.records_offset - file.tell()))  # the all-open epoch table, gap
         chunk = b"\xff" * h.record_size * 4096
         for start in range(0, h.records_length, len(chunk)):
             file.write(chunk[:h.records_length - start])
@@ -182,9 +203,12 @@ class ReferenceWriter:
     def resume(cls, path) -> ReferenceWriter:
         path = os.fspath(path)
         h = ReferenceReader(path).header
+        entries = ReferenceReader(path).epoch_table()
         file = open(path, "r+b")
         file.seek(h.epoch_table_offset)
-        file.write(bytes(8 * h.num_epochs))  # every epoch open before any record changes
+        for state, word in entries:  # every epoch open before any record changes
+            sequence = word + word % 2 if state == EPOCH_OPEN else 0  # an open epoch keeps its sequence, made even
+            file.write(struct.pack(EPOCH_ENTRY_FORMAT, EPOCH_OPEN, sequence % 2**32))
         file.flush()
         return cls(path, file, h)
 
@@ -243,10 +267,25 @@ class ReferenceWriter:
             data = record.tobytes()
             start = h.records_offset + (epoch * self.num_samples + i) * h.record_size
             first_index = slice(2 * self.k, 2 * self.k + 2)
+            self._file.seek(start + first_index.start)
+            rewrite = self._file.read(2) != b"\xff\xff"
+            if rewrite:  # the epoch's rewrite sequence is odd while the record changes
+                sequence = self._sequence(epoch) + 1
+                self._set_sequence(epoch, sequence)
             self._file.seek(start)  # everything but indices[0], then indices[0]: never half-written
             self._file.write(data[:first_index.start] + b"\xff\xff" + data[first_index.stop:])
             self._file.seek(start + first_index.start)
             self._file.write(data[first_index])
+            if rewrite:
+                self._set_sequence(epoch, sequence + 1)
+
+    def _sequence(self, epoch: int) -> int:
+        self._file.seek(self.header.epoch_table_offset + 8 * epoch + 4)
+        return struct.unpack("<I", self._file.read(4))[0]
+
+    def _set_sequence(self, epoch: int, sequence: int) -> None:
+        self._file.seek(self.header.epoch_table_offset + 8 * epoch)
+        self._file.write(struct.pack(EPOCH_ENTRY_FORMAT, EPOCH_OPEN, sequence % 2**32))
 
     def written(self, epoch: int) -> np.ndarray:
         self._file.flush()

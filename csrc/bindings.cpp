@@ -1,5 +1,7 @@
 // cedstore._core: the only file that sees Python. Arguments are checked and outputs allocated
 // with the GIL held; every loop over records runs in the C++ core with the GIL released.
+// Arrays the GIL-free loop reads are first copied into memory the call owns: another thread
+// may change the caller's arrays as soon as the GIL is released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -45,6 +47,46 @@ py::array_t<int64_t> int64_array(const py::handle& obj, const char* name, int nd
     if (a.ndim() != ndim || ((kind != 'i' && kind != 'u') && a.size() != 0))
         fail(ErrorKind::kInvalidInput, name, ": expected a ", ndim, "-d integer array, found ", describe(a));
     return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+// A copy of a 1-d integer array as int64, owned by the call.
+std::vector<int64_t> int64_copy(const py::handle& obj, const char* name) {
+    auto a = int64_array(obj, name, 1);
+    return std::vector<int64_t>(a.data(), a.data() + a.size());
+}
+
+// A C-contiguous copy of any array, owned by the call (pybind11 copies when given no base).
+py::array own_copy(const py::array& a) {
+    std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+    return py::array(a.dtype(), shape, a.data());
+}
+
+// The bytes [first, last) an array's elements span, or an empty range.
+std::pair<uintptr_t, uintptr_t> byte_extent(const py::array& a) {
+    if (a.size() == 0) return {0, 0};
+    auto lo = reinterpret_cast<uintptr_t>(a.data()), hi = lo;
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        const py::ssize_t span = (a.shape(d) - 1) * a.strides(d);
+        if (span < 0) lo -= static_cast<uintptr_t>(-span);
+        else hi += static_cast<uintptr_t>(span);
+    }
+    return {lo, hi + static_cast<uintptr_t>(a.itemsize())};
+}
+
+bool overlap(const py::array& a, const py::handle& b) {
+    if (!py::isinstance<py::array>(b)) return false;  // a list: converted into new memory
+    const auto x = byte_extent(a), y = byte_extent(py::reinterpret_borrow<py::array>(b));
+    return x.first < y.second && y.first < x.second;
+}
+
+// InvalidInputError for a path with a NUL byte, which the OS would cut the path at (as
+// Python's own open() refuses it).
+const std::string& checked_path(const std::string& path) {
+    const size_t nul = path.find('\0');
+    if (nul != std::string::npos)
+        fail(ErrorKind::kInvalidInput, "path ", py::repr(py::str(path)).cast<std::string>(),
+             ": embedded null byte at position ", nul);
+    return path;
 }
 
 // A 2-d float32 or float16 array, C-contiguous (copied only when it is not).
@@ -114,12 +156,17 @@ struct MappingView {
     std::shared_ptr<cedstore::Mapping> map;
 };
 
+// Keeps a private copy-on-write mapping alive for the writable memoryviews of private_records().
+struct PrivateMappingView {
+    std::shared_ptr<cedstore::PrivateView> view;
+};
+
 struct PyReader {
     std::shared_ptr<const cedstore::Reader> reader;  // null once closed
     std::string path;
     cedstore::Header h;
 
-    explicit PyReader(const std::string& p) : path(p) {
+    explicit PyReader(const std::string& p) : path(checked_path(p)) {
         {
             py::gil_scoped_release release;  // validation reads the whole key table
             reader = std::make_shared<const cedstore::Reader>(p);
@@ -138,8 +185,8 @@ struct PyReader {
 
     py::tuple decode_dense(int64_t epoch, const py::handle& sample_ids, float fill, const py::object& out) const {
         auto r = get();
-        auto ids = int64_array(sample_ids, "sample_ids", 1);
-        const size_t n = static_cast<size_t>(ids.shape(0)), c = h.num_classes;
+        const std::vector<int64_t> ids = int64_copy(sample_ids, "sample_ids");
+        const size_t n = ids.size(), c = h.num_classes;
         py::array target;
         if (out.is_none()) {
             target = new_matrix(n, c);
@@ -150,6 +197,8 @@ struct PyReader {
                 fail(ErrorKind::kInvalidInput, "out: expected a C-contiguous writable float32 array of shape (", n, ", ",
                      c, "), found ", describe(target), " of shape (", target.ndim() > 0 ? target.shape(0) : 0,
                      target.ndim() > 1 ? ", " + std::to_string(target.shape(1)) : std::string(), ")");
+            if (overlap(target, sample_ids))
+                fail(ErrorKind::kInvalidInput, "out: shares memory with sample_ids; pass an array of its own");
         }
         py::array_t<int32_t> seeds(static_cast<py::ssize_t>(n));
         float* t = static_cast<float*>(target.mutable_data());
@@ -163,8 +212,8 @@ struct PyReader {
 
     py::tuple decode_topk(int64_t epoch, const py::handle& sample_ids) const {
         auto r = get();
-        auto ids = int64_array(sample_ids, "sample_ids", 1);
-        const auto n = ids.shape(0), k = static_cast<py::ssize_t>(h.k);
+        const std::vector<int64_t> ids = int64_copy(sample_ids, "sample_ids");
+        const auto n = static_cast<py::ssize_t>(ids.size()), k = static_cast<py::ssize_t>(h.k);
         py::array_t<float> values({n, k});
         py::array_t<int64_t> indices({n, k});
         py::array_t<int32_t> seeds(n);
@@ -215,6 +264,7 @@ struct PyWriter {
 
     static PyWriter create(const std::string& path, int64_t k, int64_t num_classes, int64_t num_samples, int64_t num_epochs,
                            int64_t value_kind, const py::bytes& metadata_json, const py::object& keys, bool overwrite) {
+        checked_path(path);
         if (num_samples < 0) fail(ErrorKind::kInvalidInput, "num_samples: expected >= 1, found ", num_samples);
         std::vector<std::string> key_bytes;
         if (!keys.is_none()) {
@@ -244,6 +294,7 @@ struct PyWriter {
     }
 
     static PyWriter resume(const std::string& path) {
+        checked_path(path);
         std::unique_ptr<cedstore::Writer> w;
         {
             py::gil_scoped_release release;
@@ -254,35 +305,37 @@ struct PyWriter {
 
     void write_dense(int64_t epoch, const py::handle& sample_ids, const py::handle& dense, const py::handle& seeds) {
         auto w = get();
-        auto ids = int64_array(sample_ids, "sample_ids", 1);
-        py::array x = float_matrix(dense, "dense");
-        auto s = int64_array(seeds, "seeds", 1);
-        check_rows(x, ids.shape(0), "dense", "sample id");
-        check_rows(s, ids.shape(0), "seeds", "sample id");
-        const auto n = static_cast<size_t>(ids.shape(0)), c = static_cast<size_t>(x.shape(1));
+        const std::vector<int64_t> ids = int64_copy(sample_ids, "sample_ids");
+        const py::array x = own_copy(float_matrix(dense, "dense"));
+        const std::vector<int64_t> s = int64_copy(seeds, "seeds");
+        const auto n = static_cast<py::ssize_t>(ids.size());
+        check_rows(x, n, "dense", "sample id");
+        if (static_cast<py::ssize_t>(s.size()) != n)
+            fail(ErrorKind::kInvalidInput, "seeds: expected ", n, " rows (one per sample id), found ", s.size());
         const cedstore::FloatArray values = floats(x);  // raw pointers only below: no Python
-        const int64_t *id = ids.data(), *seed = s.data();
         py::gil_scoped_release release;
-        w->write_dense(epoch, id, n, values, c, seed);
+        w->write_dense(epoch, ids.data(), ids.size(), values, static_cast<size_t>(x.shape(1)), s.data());
     }
 
     void write_topk(int64_t epoch, const py::handle& sample_ids, const py::handle& values, const py::handle& indices,
                     const py::handle& seeds) {
         auto w = get();
-        auto ids = int64_array(sample_ids, "sample_ids", 1);
-        py::array v = float_matrix(values, "values");
-        auto i = int64_array(indices, "indices", 2);
-        auto s = int64_array(seeds, "seeds", 1);
-        check_rows(v, ids.shape(0), "values", "sample id");
-        check_rows(s, ids.shape(0), "seeds", "sample id");
+        const std::vector<int64_t> ids = int64_copy(sample_ids, "sample_ids");
+        const py::array v = own_copy(float_matrix(values, "values"));
+        const py::array_t<int64_t> i = own_copy(int64_array(indices, "indices", 2));
+        const std::vector<int64_t> s = int64_copy(seeds, "seeds");
+        const auto n = static_cast<py::ssize_t>(ids.size());
+        check_rows(v, n, "values", "sample id");
+        if (static_cast<py::ssize_t>(s.size()) != n)
+            fail(ErrorKind::kInvalidInput, "seeds: expected ", n, " rows (one per sample id), found ", s.size());
         if (i.shape(0) != v.shape(0) || i.shape(1) != v.shape(1))
             fail(ErrorKind::kInvalidInput, "indices: expected the shape of values (", v.shape(0), ", ", v.shape(1),
                  "), found (", i.shape(0), ", ", i.shape(1), ")");
-        const auto n = static_cast<size_t>(ids.shape(0)), k = static_cast<size_t>(v.shape(1));
+        const auto k = static_cast<size_t>(v.shape(1));
         const cedstore::FloatArray vals = floats(v);  // raw pointers only below: no Python
-        const int64_t *id = ids.data(), *cls = i.data(), *seed = s.data();
+        const int64_t* cls = i.data();
         py::gil_scoped_release release;
-        w->write_topk(epoch, id, n, vals, k, cls, seed);
+        w->write_topk(epoch, ids.data(), ids.size(), vals, k, cls, s.data());
     }
 
     void close(bool seal) {
@@ -337,6 +390,8 @@ PYBIND11_MODULE(_core, m) {
 
     m.attr("MAGIC") = py::bytes(cedstore::kMagic, 8);
     m.attr("FORMAT_VERSION") = cedstore::kFormatVersion;
+    m.attr("FORMAT_MINOR_VERSION") = cedstore::kFormatMinorVersion;
+    m.attr("MAX_METADATA_LENGTH") = cedstore::kMaxMetadataLength;
     m.attr("HEADER_SIZE") = cedstore::kHeaderSize;
     m.attr("RECORDS_ALIGN") = cedstore::kRecordsAlign;
     m.attr("SECTION_ALIGN") = cedstore::kSectionAlign;
@@ -350,6 +405,11 @@ PYBIND11_MODULE(_core, m) {
     py::class_<MappingView>(m, "_MappingView", py::buffer_protocol()).def_buffer([](MappingView& v) {
         return py::buffer_info(v.map->data(), 1, py::format_descriptor<uint8_t>::format(), 1,
                                {static_cast<py::ssize_t>(v.map->size())}, {py::ssize_t{1}}, /*readonly=*/true);
+    });
+
+    py::class_<PrivateMappingView>(m, "_PrivateMappingView", py::buffer_protocol()).def_buffer([](PrivateMappingView& v) {
+        return py::buffer_info(v.view->data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(v.view->size())}, {py::ssize_t{1}}, /*readonly=*/false);
     });
 
     py::class_<PyReader>(m, "Reader", "Read-only memory map of a store, validated completely at open.")
@@ -367,6 +427,10 @@ PYBIND11_MODULE(_core, m) {
         .def("metadata_bytes", [](const PyReader& r) { return py::bytes(r.get()->metadata()); })
         .def("epoch_table", [](const PyReader& r) { return epoch_table(*r.get()); })
         .def("buffer", [](const PyReader& r) { return py::memoryview(py::cast(MappingView{r.get()->mapping()})); })
+        .def("private_records", [](const PyReader& r, int64_t epoch) {
+            return py::memoryview(py::cast(PrivateMappingView{r.get()->private_epoch(epoch)}));
+        }, py::arg("epoch"))
+        .def("check_size", [](const PyReader& r) { r.get()->check_size(); })
         .def("key", [](const PyReader& r, int64_t sample_id) {
             auto reader = r.get();
             const auto keys = r.keys_or_fail(*reader);

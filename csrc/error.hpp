@@ -21,6 +21,7 @@ enum class ErrorKind : int {
     kIndex = 7,               // builtin IndexError: epoch or sample id out of range
     kOS = 8,                  // OSError with errno (FileNotFoundError, FileExistsError, ...)
     kClosed = 9,              // CedStoreError: the reader was closed
+    kLocked = 10,             // CedStoreError: another writer holds the writer lock
 };
 
 class Error : public std::runtime_error {

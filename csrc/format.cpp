@@ -130,8 +130,9 @@ Header make_header(uint32_t k, uint32_t num_classes, uint64_t num_samples, uint3
                    uint32_t value_kind, uint64_t metadata_length, uint64_t keys_length) {
     const std::string problem = shape_problem(k, num_classes, num_samples, num_epochs, value_kind);
     if (!problem.empty()) fail(ErrorKind::kInvalidInput, problem);
-    if (metadata_length < 2)
-        fail(ErrorKind::kInvalidInput, "metadata: expected a JSON object of at least 2 bytes, found ", metadata_length, " bytes");
+    if (metadata_length < 2 || metadata_length > kMaxMetadataLength)
+        fail(ErrorKind::kInvalidInput, "metadata: expected a JSON object of 2 to ", kMaxMetadataLength, " bytes, found ",
+             metadata_length, " bytes");
     Header h;
     h.k = k;
     h.num_classes = num_classes;
@@ -156,7 +157,8 @@ Header make_header(uint32_t k, uint32_t num_classes, uint64_t num_samples, uint3
 void encode_header(const Header& h, uint8_t* out) {
     std::memset(out, 0, kHeaderSize);
     std::memcpy(out, kMagic, 8);
-    store<uint32_t>(out + 8, h.version);
+    store<uint16_t>(out + 8, h.version);
+    store<uint16_t>(out + 10, h.version_minor);
     store<uint32_t>(out + 12, h.header_size);
     store<uint32_t>(out + 16, h.k);
     store<uint32_t>(out + 20, h.num_classes);
@@ -173,6 +175,7 @@ void encode_header(const Header& h, uint8_t* out) {
     store<uint64_t>(out + 88, h.epoch_table_length);
     store<uint64_t>(out + 96, h.records_offset);
     store<uint64_t>(out + 104, h.records_length);
+    store<uint32_t>(out + 112, h.sections_crc);
     store<uint32_t>(out + 124, crc32(out, 124));
 }
 
@@ -183,8 +186,9 @@ Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& 
     if (std::memcmp(data, kMagic, 8) != 0)
         bad("not a cedstore file: expected magic b'CEDSTORE', found ", bytes_repr(data, 8));
     Header h;
-    h.version = load<uint32_t>(data + 8);
-    if (h.version != kFormatVersion)
+    h.version = load<uint16_t>(data + 8);
+    h.version_minor = load<uint16_t>(data + 10);
+    if (h.version != kFormatVersion)  // any minor version of a known major is readable
         fail(ErrorKind::kUnsupportedVersion, path, ": format version ", h.version, ", this cedstore reads version ",
              kFormatVersion, " (a newer cedstore may read it)");
     const uint32_t stored_crc = load<uint32_t>(data + 124), crc = crc32(data, 124);
@@ -206,6 +210,7 @@ Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& 
     h.epoch_table_length = load<uint64_t>(data + 88);
     h.records_offset = load<uint64_t>(data + 96);
     h.records_length = load<uint64_t>(data + 104);
+    if (h.has_sections_crc()) h.sections_crc = load<uint32_t>(data + 112);
 
     if (h.header_size != kHeaderSize) bad("header field header_size: expected 128, found ", h.header_size);
     const std::string problem = shape_problem(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind);
@@ -215,7 +220,12 @@ Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& 
     if (h.reserved0 != 0) bad("header field reserved0: expected 0, found ", h.reserved0);
     if (h.metadata_offset != kHeaderSize) bad("header field metadata_offset: expected 128, found ", h.metadata_offset);
     if (h.metadata_length < 2) bad("header field metadata_length: expected >= 2, found ", h.metadata_length);
-    if (!all_zero(data + 112, 12)) bad("header field reserved1: expected 12 zero bytes, found ", bytes_repr(data + 112, 12));
+    // Reserved bytes are checked only up to the minor version this reader knows: a newer minor
+    // version may use them for fields this reader ignores (FORMAT.md, "Versions").
+    const uint64_t reserved_at = h.has_sections_crc() ? 116 : 112, reserved_length = 124 - reserved_at;
+    if (h.version_minor <= kFormatMinorVersion && !all_zero(data + reserved_at, reserved_length))
+        bad("header field reserved1: expected ", reserved_length, " zero bytes, found ",
+            bytes_repr(data + reserved_at, reserved_length));
 
     Layout l;
     if (!lay_out(h, &l)) bad("header sizes overflow 64 bits (the header is corrupted)");
@@ -245,13 +255,21 @@ void check_sections(const uint8_t* data, const Header& h, const std::string& pat
         fail(ErrorKind::kFormat, path, ": alignment gap between sections is not zero");
     for (uint32_t e = 0; e < h.num_epochs; ++e) {
         const uint32_t state = load<uint32_t>(data + h.epoch_table_offset + 8 * e);
-        const uint32_t crc = load<uint32_t>(data + h.epoch_table_offset + 8 * e + 4);
+        // The second word of an open epoch is its rewrite sequence (any value; FORMAT.md).
         if (state != kEpochOpen && state != kEpochSealed)
             fail(ErrorKind::kFormat, path, ": epoch ", e, ": state: expected 0 (open) or 1 (sealed), found ", state);
-        if (state == kEpochOpen && crc != 0)
-            fail(ErrorKind::kFormat, path, ": epoch ", e, ": an open epoch must have crc 0, found ", hex32(crc));
+    }
+    if (h.has_sections_crc()) {
+        const uint32_t crc = sections_crc(data, h);
+        if (crc != h.sections_crc)
+            fail(ErrorKind::kFormat, path, ": metadata and key table CRC mismatch: stored ", hex32(h.sections_crc),
+                 ", computed ", hex32(crc), " (the metadata or key table is corrupted)");
     }
     if (h.has_keys()) check_key_table(data, h, path);
+}
+
+uint32_t sections_crc(const uint8_t* data, const Header& h) {
+    return crc32(data + kHeaderSize, h.epoch_table_offset - kHeaderSize);
 }
 
 bool utf8_valid(const uint8_t* p, size_t n) {

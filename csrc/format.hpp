@@ -14,7 +14,9 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "cedstore stores little
 namespace cedstore {
 
 inline constexpr char kMagic[9] = "CEDSTORE";  // 8 bytes on disk, no terminator
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 1;       // the major version: a reader refuses others
+inline constexpr uint32_t kFormatMinorVersion = 1;  // what this cedstore writes; it reads every 1.x
+inline constexpr uint64_t kMaxMetadataLength = uint64_t{16} << 20;
 inline constexpr uint32_t kHeaderSize = 128;
 inline constexpr uint64_t kRecordsAlign = 4096;
 inline constexpr uint64_t kSectionAlign = 8;
@@ -24,7 +26,8 @@ inline constexpr uint32_t kEpochOpen = 0;
 inline constexpr uint32_t kEpochSealed = 1;
 
 struct Header {
-    uint32_t version = kFormatVersion;
+    uint16_t version = kFormatVersion;
+    uint16_t version_minor = kFormatMinorVersion;
     uint32_t header_size = kHeaderSize;
     uint32_t k = 0;
     uint32_t num_classes = 0;
@@ -41,10 +44,12 @@ struct Header {
     uint64_t epoch_table_length = 0;
     uint64_t records_offset = 0;
     uint64_t records_length = 0;
+    uint32_t sections_crc = 0;  // 1.1+: CRC-32 of bytes [128, epoch_table_offset)
 
     uint64_t file_size() const { return records_offset + records_length; }  // checked at make/parse
     uint64_t epoch_bytes() const { return num_samples * record_size; }
     bool has_keys() const { return keys_length != 0; }
+    bool has_sections_crc() const { return version_minor >= 1; }
 };
 
 // Little-endian loads and stores at any alignment.
@@ -75,15 +80,19 @@ bool key_table_length(uint64_t n, uint64_t blob_length, uint64_t* out);
 Header make_header(uint32_t k, uint32_t num_classes, uint64_t num_samples, uint32_t num_epochs,
                    uint32_t value_kind, uint64_t metadata_length, uint64_t keys_length);
 
-// Serialises h into out[0, 128), header CRC included.
+// Serialises h into out[0, 128), header CRC included (sections_crc as h holds it).
 void encode_header(const Header& h, uint8_t* out);
 
 // Checks data[0, file_size) in FORMAT.md's order: size, magic, version, header CRC, fields,
 // sections against the file size. Throws FormatError / UnsupportedVersionError naming path.
 Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& path);
 
-// After parse_header: zero gaps, epoch table states, and the key table (ends, UTF-8, order).
+// After parse_header: zero gaps, epoch table states, the metadata and key table CRC (1.1+),
+// and the key table (ends, UTF-8, order).
 void check_sections(const uint8_t* data, const Header& h, const std::string& path);
+
+// CRC-32 of the bytes the header's sections_crc covers: metadata, key table and their gaps.
+uint32_t sections_crc(const uint8_t* data, const Header& h);
 
 // Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF), like Python's.
 bool utf8_valid(const uint8_t* p, size_t n);

@@ -80,8 +80,42 @@ EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* 
 // Record layout: values f16[k] at 0, indices i16[k] at 2k, seed i32 at 4k.
 enum class RecordStatus : uint8_t { kOk, kUnwritten, kBadIndex };
 
-inline bool record_written(const uint8_t* rec, uint32_t k) {
-    return load<int16_t>(rec + 2 * k) != kUnwrittenIndex;
+// Records in a mapping another process may write are read and written as 4-byte atomics
+// (records_offset is a multiple of 4096 and record_size of 4, so every word is aligned).
+// indices[0] lives in word 2k/4: the low half when k is even, the high half when k is odd.
+inline uint32_t marker_word(uint32_t k) { return k / 2; }
+inline int16_t marker_of(uint32_t word, uint32_t k) { return static_cast<int16_t>(k % 2 ? word >> 16 : word & 0xffffu); }
+inline uint32_t with_marker(uint32_t word, int16_t marker, uint32_t k) {
+    const uint32_t m = static_cast<uint16_t>(marker);
+    return k % 2 ? (word & 0xffffu) | (m << 16) : (word & 0xffff0000u) | m;
+}
+
+// indices[0] of a record in shared memory, with acquire: if it is not -1, the record's other
+// bytes, stored before it with release, are visible.
+inline int16_t load_marker(const uint8_t* rec, uint32_t k) {
+    return marker_of(__atomic_load_n(reinterpret_cast<const uint32_t*>(rec) + marker_word(k), __ATOMIC_ACQUIRE), k);
+}
+
+inline bool record_written(const uint8_t* rec, uint32_t k) { return load_marker(rec, k) != kUnwrittenIndex; }
+
+// Copies the k + 1 words of a record out of shared memory: indices[0]'s word first (acquire),
+// then the rest (relaxed). Whether the copy is whole is for the caller's sequence check.
+inline void copy_record(const uint8_t* src, uint32_t* dst, uint32_t k) {
+    const auto* s = reinterpret_cast<const uint32_t*>(src);
+    const uint32_t m = marker_word(k);
+    dst[m] = __atomic_load_n(s + m, __ATOMIC_ACQUIRE);
+    for (uint32_t w = 0; w < m; ++w) dst[w] = __atomic_load_n(s + w, __ATOMIC_RELAXED);
+    for (uint32_t w = m + 1; w <= k; ++w) dst[w] = __atomic_load_n(s + w, __ATOMIC_RELAXED);
+}
+
+// Stores the record image img[k + 1] into shared memory: every other word (relaxed), then the
+// word holding indices[0] (release), so no reader sees it written before it is whole.
+inline void publish_record(uint8_t* dst, const uint32_t* img, uint32_t k) {
+    auto* d = reinterpret_cast<uint32_t*>(dst);
+    const uint32_t m = marker_word(k);
+    for (uint32_t w = 0; w < m; ++w) __atomic_store_n(d + w, img[w], __ATOMIC_RELAXED);
+    for (uint32_t w = m + 1; w <= k; ++w) __atomic_store_n(d + w, img[w], __ATOMIC_RELAXED);
+    __atomic_store_n(d + m, img[m], __ATOMIC_RELEASE);
 }
 
 // Decodes one record into out[0, c). Preconditions: rec holds record_size bytes, out c floats.

@@ -1,6 +1,8 @@
 #include "store.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,30 +28,94 @@ uint64_t regular_file_size(int fd, const std::string& path) {
     return static_cast<uint64_t>(st.st_size);
 }
 
+// A rewrite of a record of this epoch is under way: its rewrite sequence is odd (FORMAT.md).
+bool rewriting(uint64_t entry) { return static_cast<uint32_t>(entry) == kEpochOpen && ((entry >> 32) & 1u) != 0; }
+
+// Copies the record at src into dst under the epoch's rewrite sequence (entry): true once a
+// copy was taken with the sequence even and unchanged around it, false after kAttempts tries.
+constexpr int kRewriteAttempts = 1000;
+bool copy_settled(const uint64_t* entry, const uint8_t* src, uint32_t* dst, uint32_t k) {
+    for (int attempt = 0; attempt < kRewriteAttempts; ++attempt) {
+        const uint64_t before = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
+        if (!rewriting(before)) {
+            copy_record(src, dst, k);
+            std::atomic_thread_fence(std::memory_order_acquire);
+            if (__atomic_load_n(entry, __ATOMIC_RELAXED) == before) return true;
+        }
+        if (attempt >= 16) ::sched_yield();  // let the writer finish its record
+    }
+    return false;
+}
+
 }  // namespace
 
 std::pair<std::shared_ptr<Mapping>, Header> open_store(const std::string& path, bool writable) {
-    Fd f{::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)};
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    Fd f{::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_CLOEXEC)};
     if (f.fd < 0) fail_os("", path);
     const uint64_t size = regular_file_size(f.fd, path);
     if (size < kHeaderSize) parse_header(nullptr, size, path);  // throws before reading
-    auto map = std::make_shared<Mapping>(f.fd, size, writable, path);
+    auto map = std::make_shared<Mapping>(std::move(f), size, writable, path);
     const Header h = parse_header(map->data(), size, path);
     check_sections(map->data(), h, path);
     return {std::move(map), h};
 }
 
+void lock_for_writing(int fd, const std::string& path) {
+    // An open-file-description lock: held by this open, not by the process, so a second
+    // Writer in the same process conflicts too, and it ends when the descriptor is closed.
+    // Byte-range, so a later mode may let writers of disjoint records share the file.
+    struct flock lock = {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = 0;
+    lock.l_len = kHeaderSize;
+#ifdef F_OFD_SETLK
+    if (::fcntl(fd, F_OFD_SETLK, &lock) == 0) return;
+#else
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return;
+#endif
+    if (errno == EAGAIN || errno == EACCES || errno == EWOULDBLOCK)
+        fail(ErrorKind::kLocked, path, ": another writer has this file open for writing (it holds the writer lock); "
+             "close that writer first");
+    fail_os("locking for writing", path);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mapping
 
-Mapping::Mapping(int fd, uint64_t size, bool writable, const std::string& path) : size_(size), path_(path) {
-    void* p = ::mmap(nullptr, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+Mapping::Mapping(Fd fd, uint64_t size, bool writable, const std::string& path)
+    : fd_(std::move(fd)), size_(size), path_(path) {
+    void* p = ::mmap(nullptr, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd_.fd, 0);
     if (p == MAP_FAILED) fail_os("mmap", path);
     data_ = static_cast<uint8_t*>(p);
 }
 
 Mapping::~Mapping() {
     if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+void Mapping::check_size() const {
+    struct stat st;
+    if (::fstat(fd_.fd, &st) != 0) fail_os("fstat", path_);
+    if (static_cast<uint64_t>(st.st_size) < size_)
+        fail(ErrorKind::kFormat, path_, ": file is truncated: expected ", size_, " bytes, found ", st.st_size,
+             " (it was cut while open; reading the lost records would crash with SIGBUS)");
+}
+
+PrivateView::PrivateView(const Mapping& file, uint64_t offset, uint64_t length, const std::string& path) {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    mapped_ = offset + length - start;
+    void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE, file.fd(), static_cast<off_t>(start));
+    if (p == MAP_FAILED) fail_os("mmap", path);
+    base_ = static_cast<uint8_t*>(p);
+    data_ = base_ + (offset - start);
+    size_ = length;
+}
+
+PrivateView::~PrivateView() {
+    if (base_ != nullptr) ::munmap(base_, mapped_);
 }
 
 void Mapping::sync(uint64_t offset, uint64_t length) const {
@@ -78,7 +144,13 @@ std::string Store::metadata() const {
 const uint8_t* Store::epoch_records(int64_t epoch) const {
     if (epoch < 0 || epoch >= static_cast<int64_t>(h_.num_epochs))
         fail(ErrorKind::kIndex, path_, ": epoch ", epoch, " out of range [0, ", h_.num_epochs, ")");
+    map_->check_size();
     return map_->data() + h_.records_offset + static_cast<uint64_t>(epoch) * h_.epoch_bytes();
+}
+
+std::shared_ptr<PrivateView> Store::private_epoch(int64_t epoch) const {
+    const uint8_t* records = epoch_records(epoch);
+    return std::make_shared<PrivateView>(*map_, static_cast<uint64_t>(records - map_->data()), h_.epoch_bytes(), path_);
 }
 
 void Store::check_ids(int64_t epoch, const int64_t* ids, size_t n) const {
@@ -114,31 +186,38 @@ void Reader::fail_record(int64_t epoch, int64_t id, int status, uint32_t pos, co
 // Calls decode(r, rec) for every r in [0, n), rec a copy of record (epoch, ids[r]); decode
 // returns a RecordStatus and sets pos for kBadIndex. Random ids miss the caches and the TLB:
 // copying a chunk of records first issues their loads back to back, so the misses overlap,
-// and the decode then reads from L1.
+// and the decode then reads from L1. Precondition: ids[0, n) do not change during the call
+// (the bindings pass a copy they own).
 template <class Decode>
 void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode&& decode) const {
     const uint8_t* base = epoch_records(epoch);
     check_ids(epoch, ids, n);
-    const uint32_t k = h_.k, rs = h_.record_size;
-    alignas(64) uint8_t stack[4096];  // 32 records of k <= 31 fit: no allocation per call
-    const size_t chunk = std::max<size_t>(1, std::min<size_t>(32, sizeof stack / rs));
-    std::vector<uint8_t> heap(rs > sizeof stack ? rs : 0);
-    uint8_t* local = heap.empty() ? stack : heap.data();
+    const uint32_t k = h_.k, rs = h_.record_size, words = k + 1;
+    const uint64_t* entry = epoch_entry_ptr(static_cast<uint32_t>(epoch));
+    alignas(64) uint32_t stack[1024];  // 32 records of k <= 31 fit: no allocation per call
+    const size_t chunk = std::max<size_t>(1, std::min<size_t>(32, 1024 / words));
+    std::vector<uint32_t> heap(words > 1024 ? words : 0);
+    uint32_t* local = heap.empty() ? stack : heap.data();
     for (size_t r0 = 0; r0 < n; r0 += chunk) {
         const size_t m = std::min(chunk, n - r0);
-        for (size_t j = 0; j < m; ++j) {
-            // Precondition: 0 <= ids[r] < N (check_ids), so each record lies inside the mapping.
-            // The marker indices[0] is read first (acquire; a writer stores it last, release), so
-            // a record written concurrently is seen either unwritten or whole.
-            const uint8_t* src = base + ids[r0 + j] * rs;
-            const int16_t marker = __atomic_load_n(reinterpret_cast<const int16_t*>(src + 2 * k), __ATOMIC_ACQUIRE);
-            std::memcpy(&local[j * rs], src, rs);
-            store<int16_t>(&local[j * rs + 2 * k], marker);
+        // Precondition: 0 <= ids[r] < N (check_ids), so each record lies inside the mapping.
+        // A record seen written is whole if no rewrite of this epoch overlapped the copy: the
+        // epoch's rewrite sequence is even and the same before and after (FORMAT.md, "Rewriting").
+        const uint64_t before = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
+        for (size_t j = 0; j < m; ++j) copy_record(base + ids[r0 + j] * rs, local + j * words, k);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (rewriting(before) || __atomic_load_n(entry, __ATOMIC_RELAXED) != before) {
+            for (size_t j = 0; j < m; ++j)
+                if (!copy_settled(entry, base + ids[r0 + j] * rs, local + j * words, k))
+                    fail(ErrorKind::kUnwritten, path_, ": epoch ", epoch, ", sample ", ids[r0 + j],
+                         ": record not written (a writer is rewriting records of this epoch, or one was killed "
+                         "while rewriting; resume and close the store to settle it)");
         }
         for (size_t j = 0; j < m; ++j) {
             uint32_t pos = 0;
-            const RecordStatus st = decode(r0 + j, &local[j * rs], &pos);
-            if (st != RecordStatus::kOk) fail_record(epoch, ids[r0 + j], static_cast<int>(st), pos, &local[j * rs]);
+            const auto* rec = reinterpret_cast<const uint8_t*>(local + j * words);
+            const RecordStatus st = decode(r0 + j, rec, &pos);
+            if (st != RecordStatus::kOk) fail_record(epoch, ids[r0 + j], static_cast<int>(st), pos, rec);
         }
     }
 }

@@ -1,5 +1,6 @@
 // Writer: creating, resuming, filling and sealing a store (FORMAT.md, "Records" and "Epoch table").
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -59,6 +60,12 @@ void fill_key_table(uint8_t* base, const std::vector<std::string>& keys, const s
     }
 }
 
+// The epoch table entry (state, crc) as the one 8-byte word readers load.
+uint64_t* entry_of(uint8_t* data, const Header& h, uint32_t epoch) {
+    return reinterpret_cast<uint64_t*>(data + h.epoch_table_offset + 8 * uint64_t{epoch});
+}
+uint64_t open_entry(uint32_t sequence) { return (uint64_t{sequence} << 32) | kEpochOpen; }
+
 }  // namespace
 
 std::unique_ptr<Writer> Writer::create(const std::string& path, uint32_t k, uint32_t num_classes, uint64_t num_samples,
@@ -73,23 +80,33 @@ std::unique_ptr<Writer> Writer::create(const std::string& path, uint32_t k, uint
     }
     const Header h = make_header(k, num_classes, num_samples, num_epochs, value_kind, metadata.size(), keys_length);
 
-    // Replacing by unlink + create: a Reader still mapping the old file keeps its pages.
-    if (overwrite && ::unlink(path.c_str()) != 0 && errno != ENOENT) fail_os("unlink", path);
+    // Replacing by unlink + create: a Reader still mapping the old file keeps its pages. A
+    // Writer still open on the old file would lose every later write: refuse while it holds the
+    // writer lock, and hold that lock ourselves until the new file is locked.
+    Fd old{overwrite ? ::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC) : -1};
+    if (overwrite) {
+        struct stat st;
+        if (old.fd >= 0 && ::fstat(old.fd, &st) == 0 && S_ISREG(st.st_mode)) lock_for_writing(old.fd, path);
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) fail_os("unlink", path);
+    }
     Fd f{::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
     if (f.fd < 0) fail_os("", path);
     try {
+        lock_for_writing(f.fd, path);
         // Reserve the blocks now: running out of disk later would be SIGBUS on a mapped write.
         if (const int err = ::posix_fallocate(f.fd, 0, static_cast<off_t>(h.file_size())); err != 0) {
             errno = err;
             fail_os("allocating " + std::to_string(h.file_size()) + " bytes", path);
         }
-        auto map = std::make_shared<Mapping>(f.fd, h.file_size(), true, path);
+        auto map = std::make_shared<Mapping>(std::move(f), h.file_size(), true, path);
         uint8_t* d = map->data();  // zero-filled: gaps and the epoch table (all open, crc 0) are done
         std::memcpy(d + kHeaderSize, metadata.data(), metadata.size());
         if (keys != nullptr) fill_key_table(d + h.keys_offset, *keys, order, blob_length);
         std::memset(d + h.records_offset, 0xff, h.records_length);  // every record unwritten
-        encode_header(h, d);  // last: a process killed before this leaves a file without magic
-        return std::unique_ptr<Writer>(new Writer(path, std::move(map), h));
+        Header sealed_header = h;
+        sealed_header.sections_crc = sections_crc(d, h);
+        encode_header(sealed_header, d);  // last: a process killed before this leaves a file without magic
+        return std::unique_ptr<Writer>(new Writer(path, std::move(map), sealed_header));
     } catch (...) {
         ::unlink(path.c_str());
         throw;
@@ -98,16 +115,35 @@ std::unique_ptr<Writer> Writer::create(const std::string& path, uint32_t k, uint
 
 std::unique_ptr<Writer> Writer::resume(const std::string& path) {
     auto [map, h] = open_store(path, true);  // validated exactly like a Reader
+    lock_for_writing(map->fd(), path);
     std::unique_ptr<Writer> w(new Writer(path, std::move(map), h));
-    uint8_t* table = w->map_->data() + h.epoch_table_offset;
-    for (uint32_t e = 0; e < h.num_epochs; ++e)  // (open, crc 0) in one store per entry
-        __atomic_store_n(reinterpret_cast<uint64_t*>(table + 8 * e), uint64_t{0}, __ATOMIC_RELEASE);
+    for (uint32_t e = 0; e < h.num_epochs; ++e) {
+        // Open, in one store per entry. An open epoch keeps its rewrite sequence, made even: a
+        // writer killed mid-rewrite left it odd, and no writer is left to finish (we hold the lock).
+        uint64_t* entry = entry_of(w->map_->data(), h, e);
+        const uint64_t v = __atomic_load_n(entry, __ATOMIC_RELAXED);
+        const uint32_t sequence = static_cast<uint32_t>(v) == kEpochOpen ? static_cast<uint32_t>(v >> 32) : 0;
+        __atomic_store_n(entry, open_entry(sequence + (sequence & 1u)), __ATOMIC_RELEASE);
+    }
     w->map_->sync(h.epoch_table_offset, h.epoch_table_length);  // open on disk before any record changes
     return w;
 }
 
 void Writer::check_open() const {
     if (closed_.load()) fail(ErrorKind::kWriterClosed, path_, ": the writer is closed");
+}
+
+void Writer::unlock() const {
+    struct flock lock = {};
+    lock.l_type = F_UNLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = 0;
+    lock.l_len = kHeaderSize;
+#ifdef F_OFD_SETLK
+    ::fcntl(map_->fd(), F_OFD_SETLK, &lock);
+#else
+    ::flock(map_->fd(), LOCK_UN);
+#endif
 }
 
 void Writer::written(int64_t epoch, bool* out) const {
@@ -137,22 +173,32 @@ void Writer::check_batch(int64_t epoch, const int64_t* ids, size_t n, size_t num
 
 void Writer::store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int16_t* indices,
                            const int64_t* seeds) {
-    const uint32_t k = h_.k, rs = h_.record_size;
-    uint8_t* base = map_->data() + h_.records_offset + static_cast<uint64_t>(epoch) * h_.epoch_bytes();
+    std::lock_guard<std::mutex> guard(mu_);
+    if (closed_.load()) fail(ErrorKind::kWriterClosed, path_, ": the writer is closed (closed while this write waited)");
+    const uint32_t k = h_.k, rs = h_.record_size, m = marker_word(k);
+    uint8_t* base = const_cast<uint8_t*>(epoch_records(epoch));  // checks the file size
+    uint64_t* entry = entry_of(map_->data(), h_, static_cast<uint32_t>(epoch));
+    std::vector<uint32_t> image(k + 1);
+    auto* img = reinterpret_cast<uint8_t*>(image.data());
     for (size_t r = 0; r < n; ++r) {
-        // Precondition: 0 <= ids[r] < N (check_batch). indices[0] is stored last (FORMAT.md):
-        // a record is never half-written in a way that reads as written.
+        // Precondition: 0 <= ids[r] < N (check_batch; ids is the caller's own copy).
+        std::memcpy(img, values + r * k, 2 * k);
+        std::memcpy(img + 2 * k, indices + r * k, 2 * k);
+        store<int32_t>(img + 4 * k, static_cast<int32_t>(seeds[r]));
         uint8_t* rec = base + ids[r] * rs;
-        int16_t* marker = reinterpret_cast<int16_t*>(rec + 2 * k);  // 2-byte aligned: rs and 2k are even
-        if (__atomic_load_n(marker, __ATOMIC_RELAXED) != kUnwrittenIndex) {
-            __atomic_store_n(marker, kUnwrittenIndex, __ATOMIC_RELAXED);  // rewriting: unwritten first
+        auto* marker = reinterpret_cast<uint32_t*>(rec) + m;
+        const uint32_t current = __atomic_load_n(marker, __ATOMIC_RELAXED);
+        const bool rewrite = marker_of(current, k) != kUnwrittenIndex;
+        uint32_t sequence = 0;
+        if (rewrite) {  // FORMAT.md, "Rewriting a record": sequence odd, unwritten, record, sequence even
+            sequence = static_cast<uint32_t>(__atomic_load_n(entry, __ATOMIC_RELAXED) >> 32) + 1;
+            __atomic_store_n(entry, open_entry(sequence), __ATOMIC_RELAXED);
+            std::atomic_thread_fence(std::memory_order_release);
+            __atomic_store_n(marker, with_marker(current, kUnwrittenIndex, k), __ATOMIC_RELAXED);
             std::atomic_thread_fence(std::memory_order_release);
         }
-        std::memcpy(rec, values + r * k, 2 * k);
-        std::memcpy(rec + 2 * k + 2, indices + r * k + 1, 2 * (k - 1));
-        store<int32_t>(rec + 4 * k, static_cast<int32_t>(seeds[r]));
-        std::atomic_thread_fence(std::memory_order_release);
-        __atomic_store_n(marker, indices[r * k], __ATOMIC_RELAXED);
+        publish_record(rec, image.data(), k);  // indices[0] last: never half-written and read as written
+        if (rewrite) __atomic_store_n(entry, open_entry(sequence + 1), __ATOMIC_RELEASE);
     }
 }
 
@@ -212,6 +258,7 @@ void Writer::write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray 
 }
 
 void Writer::close(bool seal) {
+    std::lock_guard<std::mutex> guard(mu_);  // a batch in flight finishes first
     if (closed_.exchange(true)) return;
     std::vector<std::pair<uint32_t, uint32_t>> seals;  // (epoch, crc) of the fully written epochs
     if (seal) {
@@ -224,12 +271,10 @@ void Writer::close(bool seal) {
         }
     }
     map_->sync(0, map_->size());  // records on disk before the seals that cover them
-    if (seals.empty()) return;
-    uint8_t* table = map_->data() + h_.epoch_table_offset;
     for (const auto& [e, crc] : seals)
-        __atomic_store_n(reinterpret_cast<uint64_t*>(table + 8 * e), (uint64_t{crc} << 32) | kEpochSealed,
-                         __ATOMIC_RELEASE);
-    map_->sync(h_.epoch_table_offset, h_.epoch_table_length);
+        __atomic_store_n(entry_of(map_->data(), h_, e), (uint64_t{crc} << 32) | kEpochSealed, __ATOMIC_RELEASE);
+    if (!seals.empty()) map_->sync(h_.epoch_table_offset, h_.epoch_table_length);
+    unlock();
 }
 
 }  // namespace cedstore

@@ -9,7 +9,7 @@ import numpy as np
 
 import cedstore
 from cedstore import _core
-from cedstore.format import layout
+from cedstore.format import layout, sections_crc
 from cedstore.reference import ReferenceWriter
 
 WRITERS = {"core": _core.Writer, "reference": ReferenceWriter}
@@ -66,7 +66,8 @@ def create_store(path, teacher: Teacher, k=3, keys=None, **kw) -> str:
 def assemble(metadata: bytes, key_table: bytes = b"", *, k=2, num_classes=4, num_samples=3, num_epochs=1,
              records: bytes | None = None, epoch_table: bytes | None = None, header: dict | None = None) -> bytes:
     """A file laid out per FORMAT.md from raw sections (for crafting bad inputs); `header`
-    overrides fields after the layout is computed; the header CRC is always recomputed."""
+    overrides fields after the layout is computed; the header CRC, and the metadata and key
+    table CRC unless `header` sets sections_crc, are always recomputed."""
     h = layout(k, num_classes, num_samples, num_epochs, 0, len(metadata), len(key_table))
     h = dataclasses.replace(h, **(header or {}))
     if epoch_table is None:
@@ -77,4 +78,6 @@ def assemble(metadata: bytes, key_table: bytes = b"", *, k=2, num_classes=4, num
     for offset, section in [(0, h.pack()), (128, metadata), (h.keys_offset, key_table),
                             (h.epoch_table_offset, epoch_table), (h.records_offset, records)]:
         out[offset:offset + len(section)] = section
+    if "sections_crc" not in (header or {}):
+        out[:128] = dataclasses.replace(h, sections_crc=sections_crc(out, h)).pack()
     return bytes(out)

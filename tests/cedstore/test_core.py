@@ -73,11 +73,18 @@ def full_store(tmp_path):
     return str(tmp_path / "full.ced"), dense, seeds, keys
 
 
-def patch(path, offset: int, data: bytes, fix_header_crc: bool = False) -> None:
+def patch(path, offset: int, data: bytes, fix_header_crc: bool = False, fix_sections_crc: bool = False) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(data)
-        if fix_header_crc:
+        if fix_sections_crc:  # the metadata and key table CRC, for a change that must reach later checks
+            f.seek(80)
+            (epoch_table_offset,) = struct.unpack("<Q", f.read(8))
+            f.seek(128)
+            sections = f.read(epoch_table_offset - 128)
+            f.seek(112)
+            f.write(struct.pack("<I", zlib.crc32(sections)))
+        if fix_header_crc or fix_sections_crc:
             f.seek(0)
             header = f.read(124)
             f.write(struct.pack("<I", zlib.crc32(header)))
@@ -95,10 +102,10 @@ def _write(path, data: bytes) -> None:
 
 def header_fields(path) -> dict:
     raw = _read(path)[:128]
-    names = ("magic version header_size k num_classes num_samples num_epochs record_size value_kind reserved0 "
-             "metadata_offset metadata_length keys_offset keys_length epoch_table_offset epoch_table_length "
-             "records_offset records_length reserved1 header_crc").split()
-    return dict(zip(names, struct.unpack("<8sIIIIQIIIIQQQQQQQQ12sI", raw)))
+    names = ("magic version version_minor header_size k num_classes num_samples num_epochs record_size value_kind "
+             "reserved0 metadata_offset metadata_length keys_offset keys_length epoch_table_offset epoch_table_length "
+             "records_offset records_length sections_crc reserved1 header_crc").split()
+    return dict(zip(names, struct.unpack("<8sHHIIIQIIIIQQQQQQQQI8sI", raw)))
 
 
 # --- constants, CRC, fp16 --------------------------------------------------------------------
@@ -109,8 +116,10 @@ def test_constants_agree_with_format_py():
         fmt = importlib.import_module("cedstore.format")
     except ImportError as e:  # written by the pure-Python side
         pytest.skip(f"cedstore/format.py not importable yet: {e}")
-    for name in ("MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "RECORDS_ALIGN", "SECTION_ALIGN", "MAX_CLASSES"):
+    for name in ("MAGIC", "FORMAT_VERSION", "FORMAT_MINOR_VERSION", "HEADER_SIZE", "RECORDS_ALIGN", "SECTION_ALIGN",
+                 "MAX_CLASSES"):
         assert getattr(_core, name) == getattr(fmt, name), name
+    assert _core.MAX_METADATA_LENGTH == fmt.MAX_METADATA_BYTES == 16 * 2**20
     assert _core.UNWRITTEN_INDEX == getattr(fmt, "UNWRITTEN_INDEX", -1) == -1
 
 
@@ -309,9 +318,10 @@ def test_file_layout_follows_the_spec(tmp_path):
     h = header_fields(path)
     raw = path.read_bytes()
     blob = b"".join(s.encode() for s in keys)
-    assert h["magic"] == b"CEDSTORE" and h["version"] == 1 and h["header_size"] == 128
+    assert h["magic"] == b"CEDSTORE" and (h["version"], h["version_minor"]) == (1, 1) and h["header_size"] == 128
     assert (h["k"], h["num_classes"], h["num_samples"], h["num_epochs"], h["record_size"]) == (3, 9, 4, 3, 16)
-    assert h["header_crc"] == zlib.crc32(raw[:124]) and h["reserved0"] == 0 and h["reserved1"] == bytes(12)
+    assert h["header_crc"] == zlib.crc32(raw[:124]) and h["reserved0"] == 0 and h["reserved1"] == bytes(8)
+    assert h["sections_crc"] == zlib.crc32(raw[128:h["epoch_table_offset"]])
     assert (h["metadata_offset"], h["metadata_length"]) == (128, len(META))
     assert raw[128:128 + len(META)] == META
     assert h["keys_offset"] == _align(128 + len(META), 8)
@@ -534,7 +544,7 @@ def _bad_file(kind: str, path: str):
     elif kind == "record_size":
         patch(path, 36, struct.pack("<I", 20), fix_header_crc=True)
     elif kind == "reserved1":
-        patch(path, 115, b"\x01", fix_header_crc=True)
+        patch(path, 119, b"\x01", fix_header_crc=True)
     elif kind == "records_offset":
         patch(path, 96, struct.pack("<Q", rec + 4096), fix_header_crc=True)
     elif kind == "truncated":
@@ -548,10 +558,10 @@ def _bad_file(kind: str, path: str):
     elif kind == "key_order":
         ko = h["keys_offset"]
         first_two = struct.unpack_from("<QQ", _read(path), ko + 16 + 8 * 13)
-        patch(path, ko + 16 + 8 * 13, struct.pack("<QQ", *first_two[::-1]))
+        patch(path, ko + 16 + 8 * 13, struct.pack("<QQ", *first_two[::-1]), fix_sections_crc=True)
     elif kind == "key_utf8":
         blob = h["keys_offset"] + 16 + 8 * 13 + 8 * 12
-        patch(path, blob, b"\xff")
+        patch(path, blob, b"\xff", fix_sections_crc=True)
 
 
 FILE_ERRORS = [
@@ -560,7 +570,7 @@ FILE_ERRORS = [
     ("version", UnsupportedVersionError, r"format version 2, this cedstore reads version 1"),
     ("header_crc", FormatError, r"header CRC mismatch: stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8} \(the header is corrupted\)"),
     ("record_size", FormatError, r"header field record_size: expected 4\*k \+ 4 = 16, found 20"),
-    ("reserved1", FormatError, r"header field reserved1: expected 12 zero bytes"),
+    ("reserved1", FormatError, r"header field reserved1: expected 8 zero bytes"),
     ("records_offset", FormatError, r"header field records_offset: expected 4096, found 8192"),
     ("truncated", FormatError, r"file is truncated: expected \d+ bytes, found \d+"),
     ("trailing", FormatError, r"unexpected data after the records"),

@@ -17,12 +17,12 @@ from cedstore.reference import ReferenceReader, ReferenceWriter
 
 # (field, offset, struct code) exactly as the header table of FORMAT.md lists them.
 HEADER_TABLE = [
-    ("magic", 0, "8s"), ("version", 8, "I"), ("header_size", 12, "I"), ("k", 16, "I"),
+    ("magic", 0, "8s"), ("version", 8, "H"), ("version_minor", 10, "H"), ("header_size", 12, "I"), ("k", 16, "I"),
     ("num_classes", 20, "I"), ("num_samples", 24, "Q"), ("num_epochs", 32, "I"),
     ("record_size", 36, "I"), ("value_kind", 40, "I"), ("reserved0", 44, "I"),
     ("metadata_offset", 48, "Q"), ("metadata_length", 56, "Q"), ("keys_offset", 64, "Q"),
     ("keys_length", 72, "Q"), ("epoch_table_offset", 80, "Q"), ("epoch_table_length", 88, "Q"),
-    ("records_offset", 96, "Q"), ("records_length", 104, "Q"), ("reserved1", 112, "12s"),
+    ("records_offset", 96, "Q"), ("records_length", 104, "Q"), ("sections_crc", 112, "I"), ("reserved1", 116, "8s"),
     ("header_crc", 124, "I"),
 ]
 
@@ -77,12 +77,13 @@ def test_reference_file_byte_by_byte(tmp_path):
     keys_length = 16 + 8 * 4 + 8 * 3 + len(blob)
     keys_offset = (128 + len(METADATA_JSON) + 7) // 8 * 8
     assert fields == {
-        "magic": b"CEDSTORE", "version": 1, "header_size": 128, "k": 2, "num_classes": 5,
+        "magic": b"CEDSTORE", "version": 1, "version_minor": 1, "header_size": 128, "k": 2, "num_classes": 5,
         "num_samples": 3, "num_epochs": 2, "record_size": 12, "value_kind": 0, "reserved0": 0,
         "metadata_offset": 128, "metadata_length": len(METADATA_JSON), "keys_offset": keys_offset,
         "keys_length": keys_length, "epoch_table_offset": (keys_offset + keys_length + 7) // 8 * 8,
         "epoch_table_length": 16, "records_offset": 4096, "records_length": 72,
-        "reserved1": bytes(12), "header_crc": zlib.crc32(data[:124]),
+        "sections_crc": zlib.crc32(data[128:(keys_offset + keys_length + 7) // 8 * 8]),
+        "reserved1": bytes(8), "header_crc": zlib.crc32(data[:124]),
     }
     assert len(data) == 4096 + 72
     assert data[128:128 + len(METADATA_JSON)] == METADATA_JSON
@@ -229,7 +230,7 @@ def test_read_header_every_truncation_and_byte_corruption():
             if value == data[pos]:
                 continue
             bad = data[:pos] + bytes([value]) + data[pos + 1:]
-            error = F.UnsupportedVersionError if 8 <= pos < 12 else FormatError
+            error = F.UnsupportedVersionError if 8 <= pos < 10 else FormatError  # the major version
             with pytest.raises(error, match=r"^f: (not a cedstore file|format version|header CRC mismatch)"):
                 F.read_header(bad, "f")
 
@@ -245,7 +246,8 @@ def test_read_header_every_truncation_and_byte_corruption():
         ({"value_kind": 2}, r"header field value_kind: expected 0 \(probability\) or 1 \(logit\), found 2"),
         ({"reserved0": 1}, r"header field reserved0: expected 0, found 1"),
         ({"metadata_offset": 0}, r"header field metadata_offset: expected 128, found 0"),
-        ({"reserved1": b"\x01" + bytes(11)}, r"header field reserved1: expected 12 zero bytes, found b'\\x01"),
+        ({"reserved1": b"\x01" + bytes(7)}, r"header field reserved1: expected 8 zero bytes, found b'\\x01"),
+        ({"version_minor": 0, "sections_crc": 1}, r"header field reserved1: expected 12 zero bytes, found b'\\x01"),
         ({"keys_offset": 256}, r"header field keys_offset: expected 200, found 256"),
         ({"records_offset": 8192}, r"header field records_offset: expected 4096, found 8192"),
         ({"records_length": 2**64 - 1}, r"header field records_length: expected 36, found 18446744073709551615"),
@@ -272,7 +274,8 @@ def test_read_header_file_size():
         (4000, 1, r"alignment gap between sections is not zero"),
         (128 + len(METADATA_JSON), 1, r"alignment gap between sections is not zero"),
         ("epoch", 2, r"epoch 0: state: expected 0 \(open\) or 1 \(sealed\), found 2"),
-        ("epoch+4", 7, r"epoch 0: an open epoch must have crc 0, found 0x00000007"),
+        (130, ord("W"), r"metadata and key table CRC mismatch: stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8} "
+                        r"\(the metadata or key table is corrupted\)"),
     ],
 )
 def test_reference_reader_checks_sections_at_open(tmp_path, position, value, message):
