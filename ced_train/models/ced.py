@@ -318,7 +318,9 @@ class CED(nn.Module):
         x = self.init_bn(logmel.unsqueeze(1))  # (B, 1, F, T)
         batch, frames = x.shape[0], x.shape[-1]
         chunk = min(frames, self.config.target_length)
-        num_chunks = -(-frames // chunk)
+        # Ceil division without negative operands: torch.onnx lowers a symbolic floor division
+        # to ONNX integer Div, which truncates, so -(-n // c) exported as one chunk too few.
+        num_chunks = (frames + chunk - 1) // chunk
         # Pad after init_bn: the short last chunk is zero in the normalised domain, as in the
         # original. Unlike the original, a last chunk of exactly target_length is kept.
         x = F.pad(x, (0, num_chunks * chunk - frames))
