@@ -63,7 +63,6 @@ import json
 import multiprocessing
 import os
 import resource
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +71,7 @@ import numpy as np
 import torch
 
 import cedstore
-from ced_train import distributed, models, synth
+from ced_train import models, synth
 from ced_train.augment import Recipe
 from ced_train.data import AudioDataset
 from ced_train.evaluate import evaluate
@@ -284,32 +283,17 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _extract_job(job: dict[str, Any]) -> dict[str, Any]:
-    """One rank of an extraction: ``extract``'s torch.distributed protocol over gloo."""
+    """Extract the ensemble into one store, in one process."""
     torch.set_num_threads(job["threads"])
-    dist_env = {"RANK": str(job["rank"]), "WORLD_SIZE": str(job["world_size"]),
-                "LOCAL_RANK": str(job["rank"]), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(job["port"])}
-    os.environ.update(dist_env)
-    try:
-        distributed.setup("cpu")
-        config = job["config"]
-        stats = extract(Ensemble.from_checkpoints(job["teachers"]), _dataset(job["train_tsv"], config.num_classes),
-                        job["out"], epochs=job["epochs"], k=config.top_k(), base_seed=0, recipe=job["recipe"],
-                        batch_size=job["batch_size"], class_names=job["class_names"], progress=False)
-    finally:
-        distributed.cleanup()
-        for key in dist_env:  # later jobs of this process must not see a process group
-            os.environ.pop(key, None)
+    config = job["config"]
+    stats = extract(Ensemble.from_checkpoints(job["teachers"]), _dataset(job["train_tsv"], config.num_classes),
+                    job["out"], epochs=job["epochs"], k=config.top_k(), base_seed=0, recipe=job["recipe"],
+                    batch_size=64, class_names=job["class_names"], progress=False)
     return {"records": stats.records, "seconds": stats.seconds}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _Runner:
-    """Runs jobs in ``jobs`` spawned processes (or in this one for ``jobs=1``), results in order."""
+    """Runs jobs in ``jobs`` spawned processes, or at once in this one for ``jobs=1``."""
 
     def __init__(self, jobs: int) -> None:
         self.pool = None
@@ -317,18 +301,18 @@ class _Runner:
             context = multiprocessing.get_context("spawn")  # fork after torch threads is unsafe
             self.pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context)
 
-    def map(self, fn, jobs: list[dict[str, Any]], on_done=None) -> list[dict[str, Any]]:
-        if self.pool is None:
-            results = []
-            for job in jobs:
-                results.append(fn(job))
-                if on_done:
-                    on_done(job, results[-1])
-            return results
-        futures = [self.pool.submit(fn, job) for job in jobs]
-        if on_done:
-            for future in concurrent.futures.as_completed(futures):
-                on_done(jobs[futures.index(future)], future.result())
+    def submit(self, fn, job: dict[str, Any]) -> concurrent.futures.Future:
+        if self.pool is not None:
+            return self.pool.submit(fn, job)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(fn(job))
+        return future
+
+    def map(self, fn, jobs: list[dict[str, Any]], on_done) -> list[dict[str, Any]]:
+        """Results in the order of ``jobs``; ``on_done(job, result)`` as each one finishes."""
+        futures = [self.submit(fn, job) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            on_done(jobs[futures.index(future)], future.result())
         return [future.result() for future in futures]
 
     def close(self) -> None:
@@ -429,42 +413,52 @@ def demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, 
     timings["teachers"] = time.perf_counter() - t0
     _log(f"[{time.perf_counter() - start:5.0f} s] ensemble of {config.teachers}: mAP {ensemble_mAP:.4f}")
 
+    # ---- extraction on the students' clips and the students. The clean store (1 epoch) first; then
+    # the augmented one (E epochs) in one process while the clean-store students train beside it
+    # (one writer per store: ranks of a distributed extraction would each open it for writing);
+    # the augmented-store students (and the optional E sweep) once it is written. Students are
+    # paired: the same init and batch order per seed.
+    t0 = time.perf_counter()
+    extraction = {**common, "train_tsv": str(student_tsv), "teachers": teacher_paths}
+    paths = {name: out / f"teacher_{name}.ced" for name in ("augmented", "clean")}
+    for path in paths.values():
+        if path.exists():
+            path.unlink()  # a fresh extraction each run (extract resumes a matching file)
+    student = {**common, "train_tsv": str(student_tsv), "role": "student"}
+    jobs = [{**student, "seed": seed, "name": name, "student_aug": student_aug, "store": str(paths[store_name])}
+            for store_name in ("clean", "augmented") for seed in config.student_seeds
+            for name, (s, student_aug) in STUDENTS.items() if s == store_name]
+    jobs += [{**student, "seed": seed, "name": f"E={epochs}", "student_aug": "store",
+              "store": str(paths["augmented"]), "store_epochs": epochs}
+             for seed in config.student_seeds for epochs in config.sweep_store_epochs if epochs != config.store_epochs]
+    num_clean = sum(job["store"] == str(paths["clean"]) for job in jobs)
+    stage = _Stage("extraction", 2, start)
+    stores, extract_seconds = {}, {}
+
+    def extracted(name: str, result: dict[str, Any]) -> None:
+        stores[name] = cedstore.open(paths[name])
+        extract_seconds[name] = result["seconds"]
+        stage.done(f"{paths[name].name}: E={stores[name].num_epochs}, K={stores[name].k}, "
+                   f"{stores[name].file_size} bytes, {result['records'] / result['seconds']:.0f} records/s")
+
     runner = _Runner(config.jobs)
     try:
-        # ---- extraction on the students' clips: augmented (E epochs) and clean (1 epoch), split over the jobs
-        t0 = time.perf_counter()
-        stores, records_per_s = {}, {}
-        stage = _Stage("extraction", 2, start)
-        for name, epochs, store_recipe in (("augmented", config.store_epochs, recipe), ("clean", 1, None)):
-            path = out / f"teacher_{name}.ced"
-            if path.exists():
-                path.unlink()  # a fresh extraction each run (extract resumes a matching file)
-            t1 = time.perf_counter()
-            world, port = max(config.jobs, 1), _free_port()
-            runner.map(_extract_job, [{**common, "train_tsv": str(student_tsv), "teachers": teacher_paths,
-                                       "out": str(path), "epochs": epochs, "recipe": store_recipe, "batch_size": 64,
-                                       "rank": rank, "world_size": world, "port": port} for rank in range(world)])
-            stores[name] = cedstore.open(path)
-            records_per_s[name] = stores[name].num_epochs * stores[name].num_samples / (time.perf_counter() - t1)
-            stage.done(f"{path.name}: E={epochs}, K={stores[name].k}, {stores[name].file_size} bytes, "
-                       f"{records_per_s[name]:.0f} records/s ({world} processes)")
+        extracted("clean", runner.submit(_extract_job, {**extraction, "out": str(paths["clean"]), "epochs": 1,
+                                                         "recipe": None}).result())
+        augmented = runner.submit(_extract_job, {**extraction, "out": str(paths["augmented"]),
+                                                  "epochs": config.store_epochs, "recipe": recipe})
+        futures = [runner.submit(_train_job, job) for job in jobs[:num_clean]]
+        extracted("augmented", augmented.result())
         storage = _compare_storage(stores["augmented"], out)
         timings["extract"] = time.perf_counter() - t0
-
-        # ---- students: paired (same init and batch order per seed), then the optional E sweep
         t0 = time.perf_counter()
-        student = {**common, "train_tsv": str(student_tsv), "role": "student"}
-        jobs = [{**student, "seed": seed, "name": name, "student_aug": student_aug,
-                 "store": str(out / f"teacher_{store_name}.ced")}
-                for seed in config.student_seeds for name, (store_name, student_aug) in STUDENTS.items()]
-        jobs += [{**student, "seed": seed, "name": f"E={epochs}", "student_aug": "store",
-                  "store": str(out / "teacher_augmented.ced"), "store_epochs": epochs}
-                 for seed in config.student_seeds for epochs in config.sweep_store_epochs
-                 if epochs != config.store_epochs]
+        futures += [runner.submit(_train_job, job) for job in jobs[num_clean:]]
         stage = _Stage("students", len(jobs), start)
-        done = runner.map(_train_job, jobs, lambda job, r: stage.done(
-            f"{job['name']} (seed {job['seed']}) mAP {r['mAP']:.4f}, train mAP {r['train_mAP']:.4f} "
-            f"({r['seconds']:.0f} s)"))
+        for future in concurrent.futures.as_completed(futures):
+            job, r = jobs[futures.index(future)], future.result()
+            stage.done(f"{job['name']} (seed {job['seed']}) mAP {r['mAP']:.4f}, train mAP {r['train_mAP']:.4f} "
+                       f"({r['seconds']:.0f} s)")
+        done = [future.result() for future in futures]
         timings["students"] = time.perf_counter() - t0
     finally:
         runner.close()
@@ -486,7 +480,7 @@ def demo(out: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, 
         "store_bytes": stores["augmented"].file_size,
         "clean_store_bytes": stores["clean"].file_size,
         "storage": storage,
-        "records_per_s": records_per_s["augmented"],
+        "records_per_s": stores["augmented"].num_epochs * stores["augmented"].num_samples / extract_seconds["augmented"],
         "seconds": time.perf_counter() - start,
         "cpu_seconds": _cpu_seconds() - cpu_start,
         "timings": timings,
