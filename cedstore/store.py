@@ -127,6 +127,7 @@ class Store:
         Unwritten records are included as stored (indices[0] == -1); see written().
         """
         epoch = self._check_epoch(epoch)
+        self._core.check_size()
         n = self.num_samples
         offset = self._core.records_offset + epoch * n * self.record_size
         return np.frombuffer(self._core.buffer(), record_dtype(self.k), n, offset)
