@@ -29,7 +29,12 @@ setup(
     extras_require={
         "torch": ["torch>=2.1"],
         "train": ["torch>=2.1", "soundfile", "soxr", "matplotlib", "bitsandbytes"],
-        "test": ["pytest", "hypothesis", "cffi", "scikit-learn"],
+        # ONNX export (ced_train.onnx_export); onnxscript is torch's dynamo exporter.
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
+        # The original CED's HDF5 logit files and parquet indices (cedstore.import_ced).
+        "ced-original": ["h5py", "pyarrow"],
+        "test": ["pytest", "hypothesis", "cffi", "scikit-learn",
+                 "onnx", "onnxruntime", "onnxscript", "h5py", "pyarrow"],
         "bench": ["h5py"],
     },
     entry_points={"console_scripts": ["cedstore = cedstore.cli:main", "ced-train = ced_train.cli:main"]},
