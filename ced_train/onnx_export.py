@@ -2,23 +2,21 @@
 
 Two graphs, both with dynamic batch and time axes:
 
-==========================  =================================  ==============================
-graph                       input                              output
-==========================  =================================  ==============================
-spectrogram (default)       ``logmel`` float32 (B, n_mels, T)   ``logits`` float32 (B, C)
-waveform (``waveform=True``) ``waveform`` float32 (B, S), 16 kHz ``probabilities`` float32 (B, C)
-==========================  =================================  ==============================
+- spectrogram (default): ``logmel`` float32 (B, n_mels, T) -> ``logits`` float32 (B, C);
+- waveform (``waveform=True``): ``waveform`` float32 (B, S) at 16 kHz -> ``probabilities``
+  float32 (B, C); the log-mel frontend is in the graph (``torch.stft`` exports to ONNX ``STFT``).
 
 Inputs longer than one chunk (``target_length`` = 1012 frames) are chunked inside the graph
 exactly as :meth:`CED.forward_spectrogram` does it: the spectrogram graph returns the mean of
-the per-chunk logits, the waveform graph (which contains the log-mel frontend, exported with
-ONNX ``STFT``) the mean of the per-chunk probabilities, as :meth:`CED.predict`. The spectrogram
-graph needs at least ``patch_size`` (16) frames, the waveform graph ``MIN_WAVEFORM_SAMPLES``.
+the per-chunk logits, the waveform graph the mean of the per-chunk probabilities (as
+:meth:`CED.predict`). The spectrogram graph needs at least ``patch_size`` (16) frames, the
+waveform graph ``(patch_size - 1) * 160`` samples (``MIN_WAVEFORM_SAMPLES`` for 16).
 
-The ONNX ``metadata_props`` hold JSON strings (read them back with :func:`read_metadata`):
-``model_type`` ("CED"), ``graph``, ``input``, ``output``, ``class_names``, ``ced_config``,
-``frontend`` (the :class:`FrontendConfig` the model's frontend uses; the spectrogram graph
-expects log-mels made with it) and ``quantization`` ("none" or "int8").
+The ONNX ``metadata_props`` (read them back with :func:`read_metadata`): ``model_type``
+("CED"), ``graph``, ``input``, ``output`` and ``quantization`` ("none" or "int8") as text;
+``chunk_frames``, ``class_names``, ``ced_config`` and ``frontend`` (the
+:class:`FrontendConfig` of the model's frontend; the spectrogram graph expects log-mels made
+with it) as JSON.
 
 ``quantize="int8"`` applies onnxruntime's dynamic quantization to the ``MatMul`` weights
 (int8 weights, activations quantized on the fly), as the original CED export did.
@@ -51,7 +49,7 @@ __all__ = ["QUANTIZATIONS", "MIN_WAVEFORM_SAMPLES", "export_onnx", "quantize_onn
 
 QUANTIZATIONS = ("int8",)
 _FRONTEND = FrontendConfig()
-# (patch_size - 1) hops give patch_size frames (center=True), the fewest the model takes.
+# For the default patch_size of 16: 15 hops give 16 frames (center=True), the fewest it takes.
 MIN_WAVEFORM_SAMPLES = (16 - 1) * _FRONTEND.hop_length
 _JSON_KEYS = ("chunk_frames", "class_names", "ced_config", "frontend")  # the others are plain text
 _EXTRA = "install the onnx extra: pip install 'cedstore[onnx]' (onnx, onnxruntime, onnxscript)"
@@ -97,11 +95,13 @@ def _metadata(model: CED, waveform: bool, class_names: list[str], quantize: str 
     config = model.config
     frontend = FrontendConfig(n_mels=config.n_mels)  # as CED builds its front_end
     if waveform:
-        graph, inp, out = "waveform_to_probabilities", "waveform (batch, samples) float32 at " \
-            f"{frontend.sample_rate} Hz", "probabilities (batch, classes): mean of per-chunk sigmoids"
+        graph = "waveform_to_probabilities"
+        inp = f"waveform (batch, samples) float32 at {frontend.sample_rate} Hz"
+        out = "probabilities (batch, classes): mean of per-chunk sigmoids"
     else:
-        graph, inp, out = "spectrogram_to_logits", f"logmel (batch, {config.n_mels}, frames) " \
-            "float32 dB, made with the settings in 'frontend'", "logits (batch, classes): mean of per-chunk logits"
+        graph = "spectrogram_to_logits"
+        inp = f"logmel (batch, {config.n_mels}, frames) float32 dB, made with the settings in 'frontend'"
+        out = "logits (batch, classes): mean of per-chunk logits"
     return {
         "model_type": "CED",
         "graph": graph,
@@ -116,25 +116,24 @@ def _metadata(model: CED, waveform: bool, class_names: list[str], quantize: str 
 
 
 def _export_fp32(model: CED, out_path: Path, waveform: bool) -> None:
+    config = model.config
+    batch = torch.export.Dim("batch")
+    # Examples longer than a chunk, not a multiple of it: the traced graph holds the chunking.
     if waveform:
-        module = _WaveformToProbabilities(model).eval()
-        example = torch.randn(2, model.config.target_length * _FRONTEND.hop_length + 4321) * 0.1
-        names, dims = (["waveform"], ["probabilities"]), {
-            0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=MIN_WAVEFORM_SAMPLES)}
-        shapes = {"waveform": dims}
+        module, name, output = _WaveformToProbabilities(model), "waveform", "probabilities"
+        example = torch.randn(2, config.target_length * _FRONTEND.hop_length + 4321) * 0.1
+        min_samples = (config.patch_size - 1) * _FRONTEND.hop_length
+        dims = {0: batch, 1: torch.export.Dim("samples", min=min_samples)}
     else:
-        module = _SpectrogramToLogits(model).eval()
-        # Longer than a chunk, not a multiple of it: the traced graph holds the chunking path.
-        example = torch.randn(2, model.config.n_mels, model.config.target_length + 123)
-        names, dims = (["logmel"], ["logits"]), {
-            0: torch.export.Dim("batch"), 2: torch.export.Dim("frames", min=model.config.patch_size)}
-        shapes = {"logmel": dims}
+        module, name, output = _SpectrogramToLogits(model), "logmel", "logits"
+        example = torch.randn(2, config.n_mels, config.target_length + 123)
+        dims = {0: batch, 2: torch.export.Dim("frames", min=config.patch_size)}
     with warnings.catch_warnings():
         # torch's exporter warns about its own internals (pytree, deprecations); nothing to act on.
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=names[0], output_names=names[1],
-            dynamic_shapes=shapes, verbose=False,
+            module.eval(), (example,), dynamo=True, input_names=[name], output_names=[output],
+            dynamic_shapes={name: dims}, verbose=False,
         )
         program.save(os.fspath(out_path))
 
