@@ -13,35 +13,36 @@ Example:
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import torch
 
+from cedstore.format import record_dtype
 from cedstore.store import Store
-
-# torch warns that tensors over read-only memory may not be written; epoch_tensors documents it.
-_NOT_WRITABLE = "The given NumPy array is not writable"
 
 
 def epoch_tensors(store: Store, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Zero-copy tensors over one epoch's records in the store's read-only memory map.
+    """Zero-copy tensors over one epoch's records, in a private copy-on-write map of the file.
 
-    The tensors are strided views of the file's pages: reading is free, but they MUST NOT be
-    written (in-place ops hit read-only pages and kill the process); ``.clone()`` first. They
-    keep the mapping alive while referenced.
+    The tensors are strided views of the file's pages: reading is free, and writing (an
+    in-place op) copies the page it touches for this process alone, so the file never
+    changes. They keep their mapping alive while referenced. As with any memory map, a file
+    truncated by another process afterwards makes reading the lost pages raise SIGBUS.
 
     Returns:
         (values float16 [N, K], indices int16 [N, K], seeds int32 [N]); unwritten records
         have indices[:, 0] == -1.
 
+    Raises:
+        IndexError: epoch out of range.
+        FormatError: the file was truncated since it was opened.
+
     Example:
         >>> values, indices, seeds = epoch_tensors(cedstore.open("t.ced"), 0)
     """
-    records = store.records(epoch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NOT_WRITABLE, category=UserWarning)
-        return tuple(torch.from_numpy(records[field]) for field in ("values", "indices", "seed"))
+    epoch = store._check_epoch(epoch)
+    records = np.frombuffer(store._core.private_records(epoch), record_dtype(store.k), store.num_samples)
+    return tuple(torch.from_numpy(records[field]) for field in ("values", "indices", "seed"))
 
 
 def _batch(ids: np.ndarray, targets: np.ndarray, seeds: np.ndarray) -> dict[str, torch.Tensor]:

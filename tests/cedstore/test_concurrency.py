@@ -24,12 +24,16 @@ from cedstore.reference import ReferenceReader
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _child_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+
+
 def run_python(code: str, *args: str, timeout: float = 120) -> str:
     """Runs `code` in a fresh interpreter (argv[1:] = args); returns its stdout, failing the test
     on a crash (a signal), a non-zero exit or a hang, with the child's stderr."""
     try:
         done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": TESTS_DIR})
+                              text=True, timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child process hung for {timeout} s")
     if done.returncode < 0:
@@ -211,7 +215,7 @@ def test_rewrite_race_never_tears_a_record(tmp_path):
         from race_versions import version
 
         w.write(0, np.arange(256), **version(0, 256))
-    env = {**os.environ, "PYTHONPATH": TESTS_DIR}
+    env = _child_env()
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_REWRITER), path, stop], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env)
     try:

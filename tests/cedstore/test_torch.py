@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler  # noqa
 
 import cedstore  # noqa: E402
 from cedstore.torch import TargetDataset, collate, epoch_tensors  # noqa: E402
+from test_concurrency import run_python  # noqa: E402
 
 
 def test_epoch_tensors_are_zero_copy_views(store_path, teacher):
@@ -19,13 +22,34 @@ def test_epoch_tensors_are_zero_copy_views(store_path, teacher):
     records = store.records(1)
     assert (values.dtype, indices.dtype, seeds.dtype) == (torch.float16, torch.int16, torch.int32)
     assert values.shape == (12, 3) and indices.shape == (12, 3) and seeds.shape == (12,)
-    assert values.data_ptr() == records.ctypes.data and seeds.data_ptr() == records.ctypes.data + 12
+    assert seeds.data_ptr() == values.data_ptr() + 12 and indices.data_ptr() == values.data_ptr() + 6  # one buffer
     assert values.stride() == (8, 1) and seeds.stride() == (4,)  # strides in elements: 16-byte records
     np.testing.assert_array_equal(values.numpy(), records["values"])
     np.testing.assert_array_equal(indices.numpy(), records["indices"])
     np.testing.assert_array_equal(seeds.numpy(), teacher.seeds[1])
     with pytest.raises(IndexError, match=r"epoch 2 out of range \[0, 2\)"):
         epoch_tensors(store, 2)
+
+
+def test_epoch_tensors_in_place_ops_neither_crash_nor_change_the_file(store_path):
+    """Issue 7 item 3: before, the views were over read-only pages and an in-place op was SIGSEGV."""
+    before = Path(store_path).read_bytes()
+    out = run_python("""
+        import sys
+        import cedstore
+        from cedstore.torch import epoch_tensors
+        store = cedstore.open(sys.argv[1])
+        values, indices, seeds = epoch_tensors(store, 1)
+        values.mul_(2)
+        indices.zero_()
+        seeds[:] = 7
+        print(seeds.tolist() == [7] * store.num_samples, int(indices.abs().sum()))
+        again = epoch_tensors(store, 1)[2]  # a new view maps the file again: unchanged
+        print(again.tolist() == store.dense(1, range(store.num_samples))[1].tolist())
+    """, store_path)
+    assert out.split() == ["True", "0", "True"]
+    assert Path(store_path).read_bytes() == before
+    cedstore.open(store_path).verify()
 
 
 def test_dataset_items_and_batches(store_path):
