@@ -105,13 +105,13 @@ class DemoConfig:
         num_curve_eval: the first eval clips, scored every ``curve_every`` student epochs.
         seconds, num_classes, data_seed: the synthetic dataset.
         teachers: number of ensemble members.
-        teacher_dim, teacher_depth, teacher_heads, teacher_epochs: the teachers.
+        teacher_dim, teacher_depth, teacher_heads, teacher_epochs, teacher_lr: the teachers.
         store_epochs: augmentation epochs E of the augmented store.
         k: top-K kept per record; None: min(20, num_classes).
-        student_dim, student_depth, student_heads, student_epochs: the students.
+        student_dim, student_depth, student_heads, student_epochs, student_lr: the students.
         curve_every: student epochs between two points of the learning curves.
         student_seeds: pairing seeds; each trains the four students once (results averaged).
-        batch_size, lr, warmup_steps, optimizer: shared by teachers and students.
+        batch_size, warmup_steps, optimizer: shared by teachers and students.
         sweep_store_epochs: also train consistent students on the first E' stored epochs for
             each E' listed, for every pairing seed (E' = E reuses the consistent student).
         jobs: trainings (and extraction shares) run side by side, one process each.
@@ -122,24 +122,25 @@ class DemoConfig:
     num_student_clips: int = 300
     num_eval: int = 2000
     num_curve_eval: int = 500
-    seconds: float = 1.92
+    seconds: float = 0.96
     num_classes: int = 14
     data_seed: int = 0
     teachers: int = 3
     teacher_dim: int = 96
     teacher_depth: int = 3
     teacher_heads: int = 3
-    teacher_epochs: int = 6
+    teacher_epochs: int = 8
+    teacher_lr: float = 2e-3
     store_epochs: int = 40
     k: int | None = None
     student_dim: int = 64
     student_depth: int = 2
     student_heads: int = 2
-    student_epochs: int = 150
+    student_epochs: int = 120
+    student_lr: float = 1e-3
     curve_every: int = 10
     student_seeds: tuple[int, ...] = (0, 1)
     batch_size: int = 32
-    lr: float = 1e-3
     warmup_steps: int = 50
     optimizer: str = "adamw"
     sweep_store_epochs: tuple[int, ...] = ()
@@ -261,7 +262,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     train_set = _dataset(job["train_tsv"], config.num_classes)
     model = _model(config, role, seed)
     train_config = TrainConfig(
-        epochs=getattr(config, f"{role}_epochs"), batch_size=config.batch_size, lr=config.lr,
+        epochs=getattr(config, f"{role}_epochs"), batch_size=config.batch_size, lr=getattr(config, f"{role}_lr"),
         warmup_steps=config.warmup_steps, optimizer=config.optimizer, seed=seed, supervised=not student,
         student_aug=job["student_aug"], eval_every=config.curve_every if student else 0, verbose=False,
     )

@@ -112,5 +112,6 @@ def test_options_make_the_config(argv, expected):
 
 
 def test_recipe_time_mask_scales_with_the_clip():
-    assert DemoConfig().recipe().time_mask_max == 37  # 192 * 193 / 1001 frames
+    assert DemoConfig().recipe().time_mask_max == 19  # 192 * 97 / 1001 frames of a 0.96 s clip
+    assert DemoConfig(seconds=1.92).recipe().time_mask_max == 37  # 192 * 193 / 1001
     assert DemoConfig().recipe().freq_mask_max == 24
