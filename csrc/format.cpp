@@ -113,13 +113,40 @@ void check_key_table(const uint8_t* data, const Header& h, const std::string& pa
         seen[id] = true;
         if (j == 0) continue;
         const int c = compare_keys(t, t.order(j - 1), id);
-        if (c == 0) bad("duplicate key '", t.key(id), "' (samples ", t.order(j - 1), " and ", id, ")");
-        if (c > 0) bad("order is not sorted by key: '", t.key(t.order(j - 1)), "' (sample ", t.order(j - 1),
-                       ") comes before '", t.key(id), "' (sample ", id, ")");
+        if (c == 0) bad("duplicate key ", str_repr(t.key(id)), " (samples ", t.order(j - 1), " and ", id, ")");
+        if (c > 0) bad("order is not sorted by key: ", str_repr(t.key(t.order(j - 1))), " (sample ", t.order(j - 1),
+                       ") comes before ", str_repr(t.key(id)), " (sample ", id, ")");
     }
 }
 
 }  // namespace
+
+// Python's repr of a str given as valid UTF-8, for messages: quotes and escapes as Python
+// chooses them for code points below U+0100; other code points are copied (a message never
+// carries a raw NUL, which would cut it short).
+std::string str_repr(const std::string& utf8) {
+    const bool single = utf8.find('\'') == std::string::npos || utf8.find('"') != std::string::npos;
+    const char quote = single ? '\'' : '"';
+    std::string out(1, quote);
+    for (size_t i = 0; i < utf8.size(); ++i) {
+        uint32_t c = static_cast<uint8_t>(utf8[i]);
+        bool escape = c < 0x20 || c == 0x7f;
+        if (c == 0xc2 && i + 1 < utf8.size()) {  // U+0080..U+00BF: C1 controls, NBSP and SHY are escaped
+            const uint32_t cp = static_cast<uint8_t>(utf8[i + 1]);
+            if (cp <= 0xa0 || cp == 0xad) c = cp, ++i, escape = true;
+        }
+        if (c == '\\' || c == static_cast<uint8_t>(quote)) out += '\\', out += static_cast<char>(c);
+        else if (c == '\t') out += "\\t";
+        else if (c == '\n') out += "\\n";
+        else if (c == '\r') out += "\\r";
+        else if (escape) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else out += static_cast<char>(c);
+    }
+    return out + quote;
+}
 
 bool key_table_length(uint64_t n, uint64_t blob_length, uint64_t* out) {
     uint64_t words;  // 2 counts + (n + 1) ends + n order entries

@@ -64,6 +64,9 @@ inline void store(uint8_t* p, T v) {
     std::memcpy(p, &v, sizeof(T));
 }
 
+// Python's repr of a UTF-8 string, for keys in messages: 'a\x00'.
+std::string str_repr(const std::string& utf8);
+
 // "0x0123abcd", for CRCs in messages.
 inline std::string hex32(uint32_t v) {
     static const char digits[] = "0123456789abcdef";

@@ -31,17 +31,35 @@ uint64_t regular_file_size(int fd, const std::string& path) {
 // A rewrite of a record of this epoch is under way: its rewrite sequence is odd (FORMAT.md).
 bool rewriting(uint64_t entry) { return static_cast<uint32_t>(entry) == kEpochOpen && ((entry >> 32) & 1u) != 0; }
 
+// Whether a writer holds the writer lock of the file open as fd (lock_for_writing).
+bool writer_present(int fd) {
+#ifdef F_OFD_GETLK
+    struct flock lock = {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = 0;
+    lock.l_len = kHeaderSize;
+    return ::fcntl(fd, F_OFD_GETLK, &lock) != 0 || lock.l_type != F_UNLCK;  // cannot tell: assume one
+#else
+    if (::flock(fd, LOCK_SH | LOCK_NB) != 0) return true;
+    ::flock(fd, LOCK_UN);
+    return false;
+#endif
+}
+
 // Copies the record at src into dst under the epoch's rewrite sequence (entry): true once a
-// copy was taken with the sequence even and unchanged around it, false after kAttempts tries.
+// copy was taken with the sequence unchanged around it and even, or odd but left so by a
+// writer that is gone (no one holds the writer lock: FORMAT.md, "Rewriting a record");
+// false after kRewriteAttempts tries.
 constexpr int kRewriteAttempts = 1000;
-bool copy_settled(const uint64_t* entry, const uint8_t* src, uint32_t* dst, uint32_t k) {
+bool copy_settled(const uint64_t* entry, const uint8_t* src, uint32_t* dst, uint32_t k, int fd) {
     for (int attempt = 0; attempt < kRewriteAttempts; ++attempt) {
         const uint64_t before = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
-        if (!rewriting(before)) {
-            copy_record(src, dst, k);
-            std::atomic_thread_fence(std::memory_order_acquire);
-            if (__atomic_load_n(entry, __ATOMIC_RELAXED) == before) return true;
-        }
+        copy_record(src, dst, k);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (__atomic_load_n(entry, __ATOMIC_RELAXED) == before &&
+            (!rewriting(before) || (attempt >= 16 && !writer_present(fd))))
+            return true;
         if (attempt >= 16) ::sched_yield();  // let the writer finish its record
     }
     return false;
@@ -208,10 +226,10 @@ void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode
         std::atomic_thread_fence(std::memory_order_acquire);
         if (rewriting(before) || __atomic_load_n(entry, __ATOMIC_RELAXED) != before) {
             for (size_t j = 0; j < m; ++j)
-                if (!copy_settled(entry, base + ids[r0 + j] * rs, local + j * words, k))
+                if (!copy_settled(entry, base + ids[r0 + j] * rs, local + j * words, k, map_->fd()))
                     fail(ErrorKind::kUnwritten, path_, ": epoch ", epoch, ", sample ", ids[r0 + j],
-                         ": record not written (a writer is rewriting records of this epoch, or one was killed "
-                         "while rewriting; resume and close the store to settle it)");
+                         ": record not written (the writer holding the file kept rewriting records of this "
+                         "epoch while it was read)");
         }
         for (size_t j = 0; j < m; ++j) {
             uint32_t pos = 0;

@@ -39,8 +39,8 @@ std::vector<uint64_t> sort_keys(const std::vector<std::string>& keys, uint64_t n
     std::stable_sort(order.begin(), order.end(), [&](uint64_t a, uint64_t b) { return keys[a] < keys[b]; });
     for (size_t j = 1; j < order.size(); ++j)
         if (keys[order[j - 1]] == keys[order[j]])
-            fail(ErrorKind::kInvalidInput, "keys: duplicate key '", keys[order[j]], "' (samples ", order[j - 1], " and ",
-                 order[j], ")");
+            fail(ErrorKind::kInvalidInput, "keys: duplicate key ", str_repr(keys[order[j]]), " (samples ", order[j - 1],
+                 " and ", order[j], ")");
     return order;
 }
 

@@ -12,13 +12,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cedstore_helpers import make_teacher
 
 import cedstore
-from cedstore.errors import CedStoreError, FormatError, InvalidInputError, WriterClosedError
+from cedstore.errors import CedStoreError, WriterClosedError
+from cedstore.format import read_header
 from cedstore.reference import ReferenceReader
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -301,3 +303,29 @@ def test_writer_created_is_locked_until_closed(tmp_path):
         cedstore.resume(path)
     w.close(seal=False)
     cedstore.resume(path).close()
+
+
+def test_odd_rewrite_sequence_is_settled_by_the_writer_lock(tmp_path):
+    """An odd sequence with no writer was left by a killed rewrite: records read normally. With
+    a writer holding the file it means a rewrite in progress: a bounded wait, then an error."""
+    path = make_store(tmp_path / "s.ced", num_samples=50)
+    with cedstore.resume(path) as w:
+        w.close(seal=False)  # epoch 0 open, sequence 0
+    entry = read_header(Path(path).read_bytes(), path).epoch_table_offset
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, (0 | 3 << 32).to_bytes(8, "little"), entry)  # open, sequence 3: killed mid-rewrite
+        store = cedstore.open(path)
+        expected = ReferenceReader(path).dense(0, range(50))
+        np.testing.assert_array_equal(store.dense(0, range(50))[0], expected[0])
+        writer = cedstore.resume(path)  # holds the lock; rounds the sequence up to 4
+        assert store._core.epoch_table() == [(0, 4)]
+        os.pwrite(fd, (0 | 5 << 32).to_bytes(8, "little"), entry)  # as if it were rewriting now
+        with pytest.raises(cedstore.UnwrittenRecordError) as info:
+            store.topk(0, [7])
+        assert str(info.value) == (f"{path}: epoch 0, sample 7: record not written (the writer holding the file "
+                                   "kept rewriting records of this epoch while it was read)")
+        writer.close()  # every record written: sealed
+        np.testing.assert_array_equal(store.dense(0, range(50))[0], expected[0])
+    finally:
+        os.close(fd)
