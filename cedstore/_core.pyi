@@ -3,13 +3,18 @@
 This is the contract between the C++ core and the Python API in cedstore/. Every error the
 core raises is an instance of a class from `cedstore.errors` (the bindings translate C++
 exceptions), except out-of-range epochs and sample ids, which raise the builtin IndexError.
-Every loop over records runs with the GIL released.
+Every loop over records runs with the GIL released; the arrays such a loop reads (sample ids,
+seeds, dense rows, values, indices) are first copied, with the GIL held, into memory the call
+owns, so another thread changing them cannot make the core read or write out of bounds.
+A path with a NUL byte raises InvalidInputError (a ValueError), as Python's own open() does.
 """
 
 import numpy as np
 
 MAGIC: bytes  # b"CEDSTORE"
-FORMAT_VERSION: int  # 1
+FORMAT_VERSION: int  # 1, the major version
+FORMAT_MINOR_VERSION: int  # 1, the minor version this core writes (it reads every 1.x)
+MAX_METADATA_LENGTH: int  # 16 MiB
 HEADER_SIZE: int  # 128
 RECORDS_ALIGN: int  # 4096
 SECTION_ALIGN: int  # 8
@@ -20,7 +25,8 @@ def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """CRC-32 (zlib's), continuing from `value`; equals zlib.crc32(data, value)."""
 
 def encode_topk(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each row of float32 or float16 [B, C] per FORMAT.md.
+    """Top-k of each row of float32 or float16 [B, C] per FORMAT.md. `dense` is read in place
+    without the GIL: changing it meanwhile gives an undefined selection, never a crash.
 
     Returns (values float16 [B, k], indices int16 [B, k]). Raises InvalidInputError on NaN/Inf
     (naming the row and class), on overflow to Inf in fp16, on k outside [1, C], C > 32767,
@@ -28,9 +34,14 @@ def encode_topk(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
 
 class Reader:
-    """Read-only memory map of a store; validated completely at open (header, sections,
-    metadata UTF-8/JSON-object syntax is checked by Python, key table ends/order checked here).
-    Safe to use after fork (the mapping is shared read-only; no threads are started)."""
+    """Read-only memory map of a store; validated completely at open (header, sections, the
+    metadata and key table CRC, key table ends/order here; metadata JSON by Python). Opening
+    never blocks: a FIFO or other non-regular file raises FormatError. Safe to use after fork
+    (the mapping is shared read-only; no threads are started).
+
+    Every batch call first compares the file size with the header (fstat) and raises
+    FormatError "file is truncated" if another process cut the file; a cut between that check
+    and the read still raises SIGBUS, as with any memory map (FORMAT.md)."""
 
     def __init__(self, path: str) -> None: ...
     path: str
@@ -47,7 +58,13 @@ class Reader:
     def epoch_table(self) -> list[tuple[int, int]]:
         """[(state, crc)] per epoch, read now (the file may be written by another process)."""
     def buffer(self) -> memoryview:
-        """Read-only memoryview of the whole file; keeps the mapping alive while referenced."""
+        """Read-only memoryview of the whole file; keeps the mapping alive while referenced.
+        Raw bytes: no torn-record protection against a concurrent rewrite."""
+    def private_records(self, epoch: int) -> memoryview:
+        """Writable memoryview of one epoch's records in a private copy-on-write map of the
+        file: writes change this process's copy of the touched pages, never the file."""
+    def check_size(self) -> None:
+        """FormatError if the file is shorter now than when it was opened."""
     def key(self, sample_id: int) -> str: ...
     def keys(self) -> list[str]: ...
     def lookup(self, keys: list[str]) -> np.ndarray:
@@ -56,7 +73,9 @@ class Reader:
         self, epoch: int, sample_ids: np.ndarray, fill: float = 0.0, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(targets float32 [B, C], seeds int32 [B]). `out`, when given, must be a C-contiguous
-        writable float32 [B, C] array and is filled and returned (no allocation of targets).
+        writable float32 [B, C] array that shares no memory with sample_ids (InvalidInputError)
+        and is filled and returned (no allocation of targets). Records are read whole or not at
+        all while a writer rewrites them (FORMAT.md, "Rewriting a record").
         sample_ids: any integer array [B] (converted to int64). Raises IndexError for an epoch or
         id out of range, UnwrittenRecordError for a record never written, IntegrityError for a
         class index outside [0, C) — each naming file, epoch and sample."""
@@ -70,7 +89,10 @@ class Reader:
     def close(self) -> None: ...
 
 class Writer:
-    """Read-write memory map of a store being written."""
+    """Read-write memory map of a store being written. Holds the file's writer lock from
+    create/resume to close: a second writer on the same file, in this process or another,
+    raises CedStoreError. Writes from several threads are serialized around the record stores;
+    close() waits for the batch in flight, and later writes raise WriterClosedError."""
 
     @staticmethod
     def create(
@@ -86,10 +108,13 @@ class Writer:
     ) -> "Writer":
         """Create a new file (records filled with 0xFF, all epochs open). Raises
         InvalidInputError for bad shapes/keys (empty, duplicate — naming both samples, not
-        UTF-8), FileExistsError unless overwrite."""
+        UTF-8), FileExistsError unless overwrite, CedStoreError when overwriting a file another
+        writer holds."""
     @staticmethod
     def resume(path: str) -> "Writer":
-        """Open an existing store for writing; marks every epoch open before returning."""
+        """Open an existing store for writing; marks every epoch open before returning (an
+        open epoch keeps its rewrite sequence, rounded up to even). CedStoreError if another
+        writer holds the file; FormatError for a FIFO or anything not a regular file."""
     path: str
     k: int
     num_classes: int
@@ -105,5 +130,6 @@ class Writer:
         fp16 rounding), indices any integer dtype [B, k] in [0, C) and distinct per row."""
     def written(self, epoch: int) -> np.ndarray: ...
     def close(self, seal: bool = True) -> None:
-        """Flush; when seal, compute the CRC of every fully written epoch and mark it sealed.
-        Idempotent. Any write after close raises WriterClosedError."""
+        """Wait for a write in flight, flush; when seal, compute the CRC of every fully written
+        epoch and mark it sealed; release the writer lock. Idempotent. Any write after close
+        raises WriterClosedError."""

@@ -55,6 +55,11 @@ class Store:
 
     Picklable: a pickle holds the path and unpickling reopens the file (for DataLoader
     workers); records are never pickled.
+
+    A writer in another process may fill or rewrite records while the store is open: dense()
+    and topk() read each record whole or not at all (FORMAT.md, "Rewriting a record"). If
+    another process truncates the file, each call raises FormatError; a truncation between
+    that check and the read kills the process with SIGBUS, as with any memory map.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -108,6 +113,9 @@ class Store:
             IndexError: epoch or sample id out of range.
             UnwrittenRecordError: a record was never written.
             IntegrityError: a record holds a class index outside [0, C).
+            InvalidInputError: `out` is not a C-contiguous writable float32 [B, C] array, or
+                shares memory with `sample_ids`.
+            FormatError: the file was truncated since it was opened.
 
         Example:
             >>> targets, seeds = store.dense(epoch % store.num_epochs, batch_ids)
@@ -231,8 +239,10 @@ def open(path: str | os.PathLike) -> Store:  # noqa: A001  (cedstore.open, like 
     """Open a store read-only; the header, sections, metadata and key table are checked now.
 
     Raises:
-        FormatError: not a cedstore file, or a malformed header, metadata or key table.
-        UnsupportedVersionError: written by a newer format version.
+        FormatError: not a cedstore file (also a FIFO or device: never waited on), or a
+            malformed header, metadata or key table, or their CRC does not match.
+        UnsupportedVersionError: written by a newer major format version.
+        InvalidInputError: the path contains a NUL byte.
         FileNotFoundError: no such file.
 
     Example:

@@ -73,6 +73,9 @@ class Writer:
 
     Leaving a `with` block normally seals every complete epoch; leaving it by an exception
     closes without sealing, so the file can be resumed.
+
+    A Writer holds the file's writer lock until it is closed: one writer per file (FORMAT.md,
+    "Writers"). Several threads may call write(); their record stores are serialized.
     """
 
     def __init__(self, core: _core.Writer):
@@ -134,7 +137,9 @@ class Writer:
         return epoch
 
     def close(self, seal: bool = True) -> None:
-        """Flush; when `seal`, checksum and seal every complete epoch. Idempotent."""
+        """Flush; when `seal`, checksum and seal every complete epoch; release the writer lock.
+        Waits for a write in flight in another thread; later writes raise WriterClosedError.
+        Idempotent."""
         self._closed = True
         self._core.close(seal)
 
@@ -179,6 +184,7 @@ def create(
     Raises:
         InvalidInputError: bad shape, keys, metadata or value_kind.
         FileExistsError: `path` exists and not `overwrite`.
+        CedStoreError: `overwrite` and another writer has `path` open for writing.
 
     Example:
         >>> with cedstore.create("t.ced", num_classes=527, k=20, num_samples=n, num_epochs=4) as w:
@@ -210,6 +216,10 @@ def create(
 
 def resume(path: str | os.PathLike) -> Writer:
     """Reopen a store for writing (e.g. after an interrupted run); every epoch becomes open.
+
+    Raises:
+        CedStoreError: another writer (in this process or another) has the file open.
+        FormatError: not a valid store (or not a regular file).
 
     Example:
         >>> w = cedstore.resume("t.ced")

@@ -4,7 +4,8 @@
  *
  * Every function that can fail returns a cedstore_status and, when err is not NULL, writes a
  * NUL-terminated message of at most err_len bytes (truncated) naming the file, epoch and sample.
- * A handle may be used from several threads at once and in a child process after fork.
+ * A handle may be used from several threads at once and in a child process after fork. Arrays
+ * passed in must not change during the call (the Python bindings pass copies they own).
  *
  * Example:
  *     char err[512];
