@@ -63,7 +63,7 @@ def extraction(teacher, clips: SyntheticClips, batch_size: int, folder: Path) ->
     predict(teacher, clips.load_batch(range(batch_size)), seed_for(0, 0, np.arange(batch_size)),
             recipe=Recipe(), frontend=log_mel_frontend())
     path = folder / f"teacher_b{batch_size}.ced"
-    stats = extract(teacher, clips, path, epochs=1, k=K, batch_size=batch_size, progress=False)
+    stats = extract(teacher, clips, path, store_epochs=1, k=K, batch_size=batch_size, progress=False)
     return {
         "records": stats.records,
         "seconds": stats.seconds,

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ced_train.rng import draw, uniform_int
+from ced_train.sampling import length_groups
 
 __all__ = ["RECIPE_NAME", "RECIPE_VERSION", "Recipe", "augment_waves", "augmented_logmel"]
 
@@ -132,7 +133,7 @@ class Recipe:
             >>> Recipe().to_dict()["name"]
             'cedaug'
         """
-        return asdict(self)
+        return dict(sorted(asdict(self).items()))  # sorted: the stored JSON bytes never vary
 
     @classmethod
     def from_dict(cls, data) -> Recipe:
@@ -181,22 +182,6 @@ class Recipe:
         if not isinstance(data, dict):
             raise ValueError(f"augmentation recipe: expected a JSON object, got {text!r}")
         return cls.from_dict(data)
-
-    def check_compatible(self, stored: Recipe) -> None:
-        """Raise unless ``stored`` (read from a store's metadata) equals this recipe.
-
-        Raises:
-            ValueError: naming both recipes; the stored teacher outputs were computed on
-                inputs augmented differently from what this recipe would regenerate.
-
-        Example:
-            >>> Recipe().check_compatible(Recipe.from_json(Recipe().to_json()))  # passes
-        """
-        if stored != self:
-            raise ValueError(
-                f"augmentation recipe mismatch: the store was made with {stored.to_json()}, "
-                f"this run uses {self.to_json()}"
-            )
 
     def params(self, seeds, num_samples, num_frames, num_mels) -> dict:
         """Return each example's integer parameters for the given input sizes.
@@ -386,8 +371,8 @@ def augmented_logmel(
     if np.all(sizes == waves.shape[-1]):
         return alone(waves, seeds)
     out = frontend(waves)
-    for size in np.unique(sizes):
-        rows = np.flatnonzero(sizes == size)
+    for rows in length_groups(sizes):
+        size = sizes[rows[0]]
         index = torch.from_numpy(rows).to(waves.device)
         x = alone(waves[index, :size], seeds[rows] if recipe is not None else seeds)
         out[index, :, : x.shape[-1]] = x

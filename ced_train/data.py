@@ -13,9 +13,8 @@ Chunking rule, for a file of ``n`` samples (after resampling) and a chunk of ``L
   when ``r >= L/2`` (its key ends at the file's end, ``k·L-n``, and it is zero-padded to ``L``
   samples when loaded) and dropped when ``r < L/2``.
 
-The index is built from ``soundfile.info`` only; audio is decoded when a chunk is loaded. A
-16 kHz file is read from ``start`` to ``end``; a file at another rate is decoded whole,
-resampled with soxr and sliced, so the samples of a chunk never depend on how it was fetched.
+The index is built from ``soundfile.info`` only; audio is decoded when a chunk is loaded, by
+``ced_train.audio`` (exact resampling); the TSV is read by ``ced_train.manifest``.
 
 Sampler, dataset and collation are separate (lhotse style): ``AudioDataset`` is a map-style
 dataset that ``torch.utils.data.DataLoader`` accepts as is, and :func:`collate` builds the batch.
@@ -23,7 +22,6 @@ dataset that ``torch.utils.data.DataLoader`` accepts as is, and :func:`collate` 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -32,28 +30,15 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
-__all__ = [
-    "SAMPLE_RATE",
-    "AUDIO_SUFFIXES",
-    "DataError",
-    "AudioDataset",
-    "collate",
-    "load_audio",
-    "write_tsv",
-]
+from ced_train.audio import AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, load_chunk, resampled_length
+from ced_train.errors import DataError
+from ced_train.manifest import read_tsv
 
-SAMPLE_RATE = 16000
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+__all__ = ["AudioDataset", "collate"]
 
 _log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """An audio file or a dataset description (TSV, folder) is unusable; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -63,69 +48,6 @@ class _File:
     rate: int
     num_frames: int  # at the file's own rate
     labels: tuple[int, ...] | None
-
-
-# --------------------------------------------------------------------------- reading audio
-
-
-def _resampled_length(num_frames: int, rate: int, target: int) -> int:
-    # soxr's output length, round(n·target/rate) with halves rounded up, in exact integers.
-    return (2 * num_frames * target + rate) // (2 * rate)
-
-
-def _read(path: Path, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Frames ``[start, stop)`` of ``path`` as float32 mono (mean of the channels)."""
-    try:
-        x, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataError(f"{path}: cannot decode audio: {e}") from None
-    return x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0].copy()
-
-
-def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return x
-    y = soxr.resample(x, rate, target).astype(np.float32, copy=False)
-    n = _resampled_length(len(x), rate, target)
-    # Guard against a soxr version that rounds differently: keys promise exactly n samples.
-    return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
-
-
-def _info(path: Path, sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
-    """``(rate, num_frames)`` of an audio file, without decoding it."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataError(f"{path}: not a readable audio file: {e}") from None
-    if info.frames <= 0:
-        raise DataError(f"{path}: empty audio file (0 frames)")
-    if _resampled_length(info.frames, info.samplerate, sample_rate) == 0:
-        raise DataError(f"{path}: {info.frames} frames at {info.samplerate} Hz is less than "
-                        f"one sample at {sample_rate} Hz")
-    return int(info.samplerate), int(info.frames)
-
-
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a whole audio file as float32 mono at ``sample_rate``.
-
-    Args:
-        path: any file libsndfile reads (wav, flac, ogg, ...).
-        sample_rate: output rate; the file is resampled with soxr when it differs.
-
-    Returns:
-        float32 array ``[S]``: the mean of the channels, resampled.
-
-    Raises:
-        DataError: the file is missing, unreadable or empty.
-
-    Example:
-        >>> wave = load_audio("clip.flac")  # doctest: +SKIP
-    """
-    path = Path(path)
-    rate, _ = _info(path, sample_rate)
-    return _resample(_read(path), rate, sample_rate)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -190,7 +112,7 @@ class AudioDataset:
 
         file_ids, starts, ends, lengths = [], [], [], []
         for f_id, f in enumerate(self._files):
-            n = _resampled_length(f.num_frames, f.rate, sample_rate)
+            n = resampled_length(f.num_frames, f.rate, sample_rate)
             for start, end, length in _chunks(n, chunk):
                 file_ids.append(f_id)
                 starts.append(start)
@@ -245,7 +167,7 @@ class AudioDataset:
             >>> batch = ds.load_batch([0, 1]); y = ds.labels([0, 1])     # doctest: +SKIP
         """
         tsv = Path(path)
-        rows = _read_tsv(tsv, num_classes)
+        rows = read_tsv(tsv, num_classes)
         if num_classes is None and any(r[2] is not None for r in rows):
             num_classes = max(1, 1 + max((max(r[2]) for r in rows if r[2]), default=-1))
         files, skipped = [], []
@@ -253,7 +175,7 @@ class AudioDataset:
             if error is None:
                 file_path = Path(name) if os.path.isabs(name) else tsv.parent / name
                 try:
-                    rate, frames = _info(file_path, sample_rate)
+                    rate, frames = audio_info(file_path, sample_rate)
                 except DataError as e:
                     error = f"{tsv} line {line}: {e}"
             if error is not None:
@@ -302,7 +224,7 @@ class AudioDataset:
         files, skipped = [], []
         for name, file_path in found:
             try:
-                rate, frames = _info(file_path, sample_rate)
+                rate, frames = audio_info(file_path, sample_rate)
             except DataError as e:
                 _bad(skip_bad, skipped, name, str(e))
                 continue
@@ -404,15 +326,8 @@ class AudioDataset:
         if self._cache is not None and i in self._cache:
             return self._cache[i].copy()  # a copy: callers may modify waves in place
         f = self._files[self._file_ids[i]]
-        start, end = int(self._starts[i]), int(self._ends[i])
-        if f.rate == self.sample_rate:
-            x = _read(f.path, start, end)
-        else:
-            x = _resample(_read(f.path), f.rate, self.sample_rate)[start:end]
-        if len(x) != end - start:
-            raise DataError(
-                f"{f.path}: chunk {self.keys[i]}: expected {end - start} samples, decoded "
-                f"{len(x)} (file shorter than its header says?)")
+        x = load_chunk(f.path, f.rate, int(self._starts[i]), int(self._ends[i]), self.sample_rate,
+                       key=self.keys[i])
         x = np.pad(x, (0, int(self.lengths[i]) - len(x)))
         if self._cache is not None:
             self._cache[i] = x.copy()
@@ -442,106 +357,6 @@ def _bad(skip_bad: bool, skipped: list, name: str, reason: str) -> None:
         raise DataError(reason)
     _log.warning("skipping %s", reason)
     skipped.append((name, reason))
-
-
-# --------------------------------------------------------------------------- TSV
-
-
-def _read_tsv(tsv: Path, num_classes: int | None) -> list[tuple]:
-    """Rows ``(line, filename, labels or None, DataError or None)`` of a TSV manifest.
-
-    A malformed row carries its error, so that the caller reports or skips rows in file order.
-    """
-    try:
-        with open(tsv, encoding="utf-8-sig", newline="") as fh:
-            lines = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    except FileNotFoundError:
-        raise DataError(f"{tsv}: TSV file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{tsv}: cannot read TSV: {e}") from None
-    if not lines or not any(lines[0]):
-        raise DataError(f"{tsv}: empty TSV, expected a header row with a 'filename' column")
-    header = [c.strip() for c in lines[0]]
-    if "filename" not in header:
-        raise DataError(f"{tsv} line 1: no 'filename' column in the header {header}")
-    name_col = header.index("filename")
-    label_col = header.index("labels") if "labels" in header else None
-
-    rows, seen = [], {}
-    for line, row in enumerate(lines[1:], start=2):
-        if not row or row == [""]:
-            continue
-        where = f"{tsv} line {line}"
-        name = row[name_col] if len(row) == len(header) else ""
-        labels, error = None, None
-        try:
-            if len(row) != len(header):
-                raise DataError(f"{where}: expected {len(header)} tab-separated columns, "
-                                f"found {len(row)}")
-            if not name:
-                raise DataError(f"{where}: empty filename")
-            norm = os.path.normpath(name)
-            if norm in seen:
-                raise DataError(f"{where}: duplicate filename {name!r} "
-                                f"(first on line {seen[norm]})")
-            if label_col is not None:
-                labels = _parse_labels(row[label_col], num_classes, where)
-            seen[norm] = line
-        except DataError as e:
-            error = e
-        rows.append((line, name, labels, error))
-    return rows
-
-
-def _parse_labels(cell: str, num_classes: int | None, where: str) -> tuple[int, ...]:
-    out = []
-    for part in cell.split(";") if cell.strip() else []:
-        try:
-            c = int(part.strip())
-        except ValueError:
-            raise DataError(f"{where}: bad label entry {part!r} in {cell!r}: expected "
-                            f"';'-separated integer class indices") from None
-        if c < 0 or (num_classes is not None and c >= num_classes):
-            hi = "" if num_classes is None else f", < num_classes={num_classes}"
-            raise DataError(f"{where}: label {c} in {cell!r} out of range (expected >= 0{hi})")
-        out.append(c)
-    return tuple(out)
-
-
-def write_tsv(
-    path: str | os.PathLike,
-    filenames: Sequence[str],
-    labels: Sequence[Iterable[int]] | None = None,
-) -> Path:
-    """Write a TSV manifest that :meth:`AudioDataset.from_tsv` reads.
-
-    Args:
-        path: output file; filenames are written as given (relative to its folder, or absolute).
-        filenames: one per row.
-        labels: per row, the positive class indices; None writes no ``labels`` column.
-
-    Returns:
-        ``path`` as a Path.
-
-    Raises:
-        ValueError: lengths differ, or a filename is empty or holds a tab or newline.
-
-    Example:
-        >>> write_tsv("train.tsv", ["a.wav", "b.wav"], [[0, 3], []])  # doctest: +SKIP
-    """
-    if labels is not None and len(labels) != len(filenames):
-        raise ValueError(f"got {len(filenames)} filenames but {len(labels)} label rows")
-    path = Path(path)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("filename" + ("\tlabels" if labels is not None else "") + "\n")
-        for i, name in enumerate(filenames):
-            if not name or any(c in name for c in "\t\r\n"):
-                raise ValueError(f"filename {name!r} (row {i}) is empty or holds a tab or newline")
-            if labels is None:
-                fh.write(f"{name}\n")
-            else:
-                fh.write(f"{name}\t{';'.join(str(int(c)) for c in labels[i])}\n")
-    return path
 
 
 # --------------------------------------------------------------------------- collation

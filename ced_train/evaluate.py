@@ -16,9 +16,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .data import SAMPLE_RATE, AudioDataset, load_audio
+from .audio import SAMPLE_RATE, load_audio
+from .data import AudioDataset
 from .labels import default_names
 from .metrics import mean_average_precision
+from .progress import Progress
+from .sampling import equal_length_batches
 
 __all__ = ["EvalResult", "evaluate", "write_per_class_csv", "predict", "tag"]
 
@@ -84,7 +87,8 @@ def predict(model, waves, device: str | torch.device = "cpu") -> np.ndarray:
 
 
 def evaluate(
-    model, dataset: AudioDataset, batch_size: int = 32, device: str | torch.device = "cpu"
+    model, dataset: AudioDataset, batch_size: int = 32, device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> EvalResult:
     """Score every chunk of a labelled dataset and compute mAP (sklearn's AP, macro average).
 
@@ -96,6 +100,7 @@ def evaluate(
         dataset: an :class:`AudioDataset` with labels.
         batch_size: chunks per forward pass.
         device: the model's device; inputs are moved there (the model is not moved).
+        progress: print a progress line (chunks/s, ETA) to stderr every few seconds.
 
     Returns:
         :class:`EvalResult`.
@@ -113,16 +118,14 @@ def evaluate(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     num_classes = dataset.num_classes
     scores = np.zeros((len(dataset), num_classes))
-    order = np.argsort(dataset.lengths, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(dataset.lengths[order])) + 1)
-    for group in groups:
-        for lo in range(0, len(group), batch_size):
-            ids = group[lo:lo + batch_size]
+    with Progress(f"evaluate {Path(dataset.source).name}", len(dataset), "chunks", enabled=progress) as line:
+        for ids in equal_length_batches(dataset.lengths, batch_size):
             probs = predict(model, dataset.load_batch(ids), device)
             if probs.shape[1] != num_classes:
                 raise ValueError(f"model has {probs.shape[1]} outputs but {dataset.source} has "
                                  f"{num_classes} classes")
             scores[ids] = probs
+            line.update(len(ids))
     m, per_class = mean_average_precision(scores, dataset.labels(range(len(dataset))))
     return EvalResult(m, per_class, len(dataset))
 

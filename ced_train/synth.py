@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from .data import SAMPLE_RATE, write_tsv
+from .audio import SAMPLE_RATE
+from .manifest import write_tsv
 
 __all__ = ["CLASS_NAMES", "Event", "class_names", "render_event", "synth_clip", "make_dataset"]
 

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ced_train.amp import autocast
 from ced_train.augment import Recipe, augment_waves, augmented_logmel
 
 __all__ = ["TEACHER_INPUTS", "Ensemble", "predict"]
@@ -96,7 +96,7 @@ def predict(
     lengths: np.ndarray | None = None,
     teacher_input: str = "spectrogram",
     device: torch.device = torch.device("cpu"),
-    amp: bool = False,
+    amp: str = "none",
 ) -> np.ndarray:
     """Run the teacher on one augmented batch (no gradients); float32 probabilities as numpy.
 
@@ -110,7 +110,7 @@ def predict(
         lengths: (B,) samples per row before padding; None means S for every row.
         teacher_input: "spectrogram" (shift, frontend, masks) or "waveform" (shift only).
         device: where the batch is sent (teacher and frontend must be there already).
-        amp: float16 autocast around the teacher (CUDA).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast around the teacher.
 
     Returns:
         float32 (B, C).
@@ -128,8 +128,7 @@ def predict(
             x = x if recipe is None else augment_waves(recipe, x, seeds, lengths)
         else:
             x = augmented_logmel(x, seeds, recipe, frontend, lengths)
-        autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
-        with autocast:
+        with autocast(device, amp):
             probs = teacher(x)
         probs = probs.float().cpu().numpy()
     if probs.ndim != 2 or probs.shape[0] != len(waves):

@@ -21,10 +21,10 @@ from ced_train.models.ced import (
     ced_tiny,
     create,
 )
-from ced_train.models.checkpoint import from_checkpoint, infer_config, save_checkpoint
+from ced_train.models.checkpoint import from_checkpoint, infer_config, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CED", "VARIANTS", "Attention", "Block", "CEDConfig", "Mlp", "PatchEmbed",
     "ced_base", "ced_mini", "ced_small", "ced_tiny", "create",
-    "from_checkpoint", "infer_config", "save_checkpoint",
+    "from_checkpoint", "infer_config", "load_checkpoint", "save_checkpoint",
 ]

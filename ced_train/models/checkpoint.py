@@ -1,12 +1,19 @@
-"""Checkpoints: save ours, load ours and the published ``audiotransformer_*.pt`` strictly."""
+"""Checkpoints: the one writer (:func:`save_checkpoint`) and the one safe reader
+(:func:`load_checkpoint`, ``weights_only=True``); models from ours and the published
+``audiotransformer_*.pt`` (:func:`from_checkpoint`), loaded strictly.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ced_train.errors import CheckpointError
 from ced_train.models.ced import CED, CEDConfig
 
 HEAD_DIM = 64  # every published size; used to infer num_heads from a bare state dict
@@ -28,8 +35,12 @@ def _check_plain(value: Any, where: str) -> None:
         )
 
 
-def save_checkpoint(model: CED, path: str | os.PathLike, /, **extra: Any) -> None:
-    """Write ``{"model": state_dict, "config": config dict, **extra}`` with ``torch.save``.
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, /, **extra: Any) -> None:
+    """Write ``{"model": state_dict, "config": config dict, **extra}`` atomically.
+
+    The file is written next to ``path`` and renamed over it, so a run killed while saving
+    leaves the previous checkpoint intact. ``"config"`` is stored when the model has a
+    ``config.to_dict()`` (every CED model), which lets :func:`from_checkpoint` rebuild it.
 
     Args:
         model: the model to save.
@@ -42,14 +53,53 @@ def save_checkpoint(model: CED, path: str | os.PathLike, /, **extra: Any) -> Non
         TypeError: ``extra`` holds another type.
 
     Example:
-        >>> save_checkpoint(model, "step1000.pt", step=1000, optimizer=opt.state_dict())
+        >>> save_checkpoint(model, "step1000.pt", step=1000, optimizer=opt.state_dict())  # doctest: +SKIP
     """
     reserved = sorted({"model", "config"} & extra.keys())
     if reserved:
         raise ValueError(f"extra entries {reserved} are reserved for the model and its config")
     for key, value in extra.items():
         _check_plain(value, f"extra[{key!r}]")
-    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), **extra}, path)
+    checkpoint = {"model": model.state_dict()}
+    config_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    if config_dict is not None:
+        checkpoint["config"] = config_dict()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**checkpoint, **extra}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """Read a checkpoint safely: ``torch.load(weights_only=True, map_location="cpu")``.
+
+    Only tensors, dicts, lists, tuples, strings and numbers are read; a file that holds other
+    Python objects is refused, never executed.
+
+    Raises:
+        CheckpointError: the file is not a readable PyTorch checkpoint, or holds Python objects
+            a safe load refuses.
+        OSError: the file is missing or unreadable.
+
+    Example:
+        >>> checkpoint = load_checkpoint("runs/mini/last.pt")  # doctest: +SKIP
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds; none of their text is useful here)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{os.fspath(path)}: the checkpoint holds Python objects ({found.group(1)}) that a "
+                "safe load refuses; expected only tensors, dicts, lists, strings and numbers "
+                "(a CED state dict, or a file written by save_checkpoint)"
+            ) from None
+        raise CheckpointError(
+            f"{os.fspath(path)}: not a readable PyTorch checkpoint (damaged, truncated, or another "
+            f"kind of file: {type(e).__name__})"
+        ) from None
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> CEDConfig:
@@ -60,20 +110,20 @@ def infer_config(state: dict[str, torch.Tensor]) -> CEDConfig:
     num_heads = embed_dim / 64 (the published head width).
 
     Raises:
-        ValueError: an entry needed for the inference is missing, or embed_dim is not a
+        CheckpointError: an entry needed for the inference is missing, or embed_dim is not a
             multiple of 64.
     """
     needed = ["patch_embed.proj.weight", "outputlayer.1.weight", "blocks.0.mlp.fc1.weight"]
     missing = [key for key in needed if key not in state]
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot infer the model size: the checkpoint has no {', '.join(missing)} "
             "(and no 'config')"
         )
     dim, _, patch, _ = state["patch_embed.proj.weight"].shape
     if dim % HEAD_DIM:
         # Head count does not change any shape, so guessing it would load silently wrong.
-        raise ValueError(
+        raise CheckpointError(
             f"cannot infer num_heads for embed_dim={dim} (not a multiple of the published head "
             f"width {HEAD_DIM}); save the model with save_checkpoint to record its config"
         )
@@ -110,7 +160,7 @@ def _load_strict(model: CED, state: dict[str, Any], source: str) -> None:
             lines.append(f"unexpected keys {_describe(unexpected)}")
         if mismatched:
             lines.append(f"shape mismatches, checkpoint != model {_describe(mismatched)}")
-        raise ValueError("\n  ".join(lines))
+        raise CheckpointError("\n  ".join(lines))
     model.load_state_dict(state)
 
 
@@ -127,22 +177,27 @@ def from_checkpoint(path: str | os.PathLike) -> CED:
         The model in eval mode (so inference does not update the batch-norm statistics).
 
     Raises:
-        ValueError: the file is not a dict, or its tensors do not match the architecture
-            exactly (the message lists missing/unexpected keys and shape mismatches).
+        CheckpointError: the file is unreadable or not a dict, its config is not a CED config,
+            or its tensors do not match the architecture exactly (the message lists
+            missing/unexpected keys and shape mismatches).
+        OSError: the file is missing or unreadable.
 
     Example:
         >>> model = from_checkpoint("audiotransformer_mini_mAP_4896.pt")
         >>> probs = model.predict(waveform)
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: expected a dict (a state dict or {{'model': ...}}), "
             f"got {type(checkpoint).__name__}"
         )
     state = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
     if "config" in checkpoint:
-        config = CEDConfig.from_dict(checkpoint["config"])
+        try:
+            config = CEDConfig.from_dict(checkpoint["config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its 'config' is not a CED model config: {e}") from None
     else:
         config = infer_config(state)
     model = CED(config)

@@ -1,25 +1,33 @@
-"""The ced-train command: train / evaluate / tag end to end, one-line errors and exit codes."""
+"""The ced-train command: the README's commands, one vocabulary, one-line errors and exit codes."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import NUM_CLASSES, load, make_store, tiny_model, write_clips
 
 from ced_train import models
-from ced_train.cli import main
+from ced_train.cli import EXAMPLES, EXIT_STATUS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     tsv = write_clips(folder, 8)
-    store = make_store(folder / "t.ced", load(tsv), epochs=2)
+    store = make_store(folder / "t.ced", load(tsv), store_epochs=2)
     return folder, tsv, store
 
 
@@ -34,26 +42,126 @@ def _error(capsys, argv, status=1) -> str:
     return lines[0]
 
 
-TINY = ["--model", "ced_custom", "--embed-dim", "32", "--depth", "1", "--num-heads", "2",
+TINY = ["--arch", "ced_custom", "--embed-dim", "32", "--depth", "1", "--num-heads", "2",
         "--batch-size", "4", "--warmup-steps", "1", "--optimizer", "adamw", "--quiet"]
+
+
+# ---- the README's commands, run at toy size ---------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """The ced-train lines of the README's "Training with ced_train" code block."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Training with ced_train"):]
+    block = section[section.index("```bash") : section.index("```", section.index("```bash") + 3)]
+    return [line for line in block.splitlines() if line.startswith("ced-train ")]
+
+
+# Appended to each README command (argparse keeps the last value): toy sizes for a 5-class teacher.
+TOY = {
+    "extract": ["--k", "3", "--store-epochs", "2", "--quiet"],
+    "check-store": ["--num-records", "8", "--quiet"],
+    "train": TINY + ["--epochs", "1"],
+    "evaluate": ["--quiet"],
+    "tag": [],
+}
+
+
+def test_readme_commands_run_on_toy_data(tmp_path, monkeypatch, capsys):
+    commands = readme_commands()
+    assert [shlex.split(line)[1] for line in commands] == ["extract", "check-store", "train", "evaluate", "tag"]
+    assert commands == EXAMPLES.splitlines()[:5]  # the same examples as `ced-train --help`
+    monkeypatch.chdir(tmp_path)
+    write_clips(tmp_path, 8, name="train.tsv")
+    write_clips(tmp_path, 8, name="eval.tsv", seed=1)
+    (tmp_path / "clip.wav").write_bytes((tmp_path / "clip000.wav").read_bytes())
+    for name, seed in (("A.pt", 1), ("B.pt", 2)):
+        models.save_checkpoint(tiny_model(seed), tmp_path / name)
+    for line in commands:
+        argv = shlex.split(line)[1:]
+        assert main(argv + TOY[argv[0]]) == 0, line
+    out = capsys.readouterr().out
+    assert "verdict" in out and re.search(r"^mAP 0\.\d{4} \(runs/mini/best\.pt", out, re.M)
+    assert [re.fullmatch(r"\d\.\d{3}  class_\d  \(\d\)", line) is not None
+            for line in out.strip().splitlines()[-5:]] == [True] * 5  # tag --top 5
+    assert {"last.pt", "best.pt", "metrics.csv"} <= {p.name for p in (tmp_path / "runs" / "mini").iterdir()}
+
+
+def test_readme_exit_status_table_is_the_commands():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Training with ced_train"):]
+    rows = {int(code): meaning.replace("`", "")
+            for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", section, re.M)}
+    assert rows == EXIT_STATUS
+
+
+# ---- one vocabulary: every flag has help, a default or "required", and an example -------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_flag_has_help_and_an_example():
+    for name, command in _subcommands(build_parser()).items():
+        if name == "demo":  # ced_train.demo's own flags
+            continue
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and "e.g. " in action.help, (name, action.dest)
+            if action.option_strings and not action.required and action.nargs != 0 and action.default is None:
+                assert "default: " in action.help, (name, action.dest)
+
+
+def test_one_flag_name_per_concept():
+    commands = _subcommands(build_parser())
+    flags = {name: {o for a in c._actions for o in a.option_strings} for name, c in commands.items()}
+    for gone in ("--model", "--classes", "--eval", "--samples", "--epochs-store", "--out-store"):
+        assert not any(gone in f for f in flags.values()), gone
+    assert "--store" in flags["extract"] and "--store" in flags["train"] and "--store" in flags["check-store"]
+    assert "--store-epochs" in flags["extract"] and "--epochs" not in flags["extract"]
+    assert "--checkpoint" in flags["evaluate"] and "--checkpoint" in flags["tag"] and "--arch" in flags["train"]
+    for name in ("extract", "check-store", "train"):  # --amp is one choice everywhere
+        amp = next(a for a in commands[name]._actions if "--amp" in a.option_strings)
+        assert tuple(amp.choices) == ("none", "bf16", "fp16") and amp.default == "none"
+
+
+def test_version(capsys):
+    import cedstore
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ced-train {cedstore.__version__}"
+
+
+def test_help_lists_the_exit_status_table():
+    help_text = build_parser().format_help()
+    for code, meaning in EXIT_STATUS.items():
+        assert f"  {code:<4} {meaning}" in help_text
+
+
+# ---- the commands ---------------------------------------------------------------------------
 
 
 def test_train_evaluate_tag(work, tmp_path, capsys):
     folder, tsv, store = work
     out = tmp_path / "run"
-    assert main(["train", "--store", str(store), "--data", str(tsv), "--eval", str(tsv), "--epochs", "2",
+    assert main(["train", "--store", str(store), "--data", str(tsv), "--eval-data", str(tsv), "--epochs", "2",
                  "--out", str(out), *TINY]) == 0
     assert {"metrics.csv", "last.pt", "best.pt"} <= {p.name for p in out.iterdir()}
     assert models.from_checkpoint(out / "best.pt").config.num_classes == NUM_CLASSES
     capsys.readouterr()
 
     per_class = tmp_path / "ap.csv"
-    assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(tsv),
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tsv),
                  "--per-class-csv", str(per_class)]) == 0
     assert capsys.readouterr().out.startswith("mAP 0.")
     assert per_class.read_text().splitlines()[0] == "index,name,ap"
 
-    assert main(["tag", str(folder / "clip000.wav"), "--model", str(out / "best.pt"), "--top", "3"]) == 0
+    assert main(["tag", str(folder / "clip000.wav"), "--checkpoint", str(out / "best.pt"), "--top", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and "class_" in lines[0]
 
@@ -67,6 +175,18 @@ def test_supervised_train(work, tmp_path):
     assert main(["train", "--supervised", "--data", str(tsv), "--epochs", "1", "--mixup-alpha", "0.5",
                  "--num-classes", str(NUM_CLASSES), "--out", str(tmp_path), *TINY]) == 0
     assert (tmp_path / "last.pt").exists()
+
+
+def test_train_prints_progress_with_an_eta(work, tmp_path, capsys):
+    _, tsv, store = work
+    argv = ["train", "--store", str(store), "--data", str(tsv), "--epochs", "2", "--out", str(tmp_path),
+            *[a for a in TINY if a != "--quiet"]]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^epoch 1/2 step 2 loss \d\.\d{5} lr \S+ \d+\.\ds, ETA \d+:\d\d$", out, re.M), out
+
+
+# ---- errors: one line, the right status -------------------------------------------------------
 
 
 def test_errors_are_one_line(work, tmp_path, capsys):
@@ -86,42 +206,121 @@ def test_errors_are_one_line(work, tmp_path, capsys):
     line = _error(capsys, ["train", "--store", str(tmp_path / "junk.ced"), "--data", str(tsv),
                            "--out", str(tmp_path / "o"), *TINY])
     assert "junk.ced" in line
-    clean = make_store(tmp_path / "clean.ced", load(tsv), epochs=1, recipe=None)
+    clean = make_store(tmp_path / "clean.ced", load(tsv), store_epochs=1, recipe=None)
     line = _error(capsys, ["train", "--store", str(clean), "--data", str(tsv), "--out", str(tmp_path / "o"),
                            *TINY])
     assert "has no augmentation recipe" in line
 
 
-def test_model_errors_are_one_line(work, tmp_path, capsys):
-    folder, tsv, store = work
-    line = _error(capsys, ["tag", str(folder / "clip000.wav")])
-    assert "tag needs a model checkpoint: pass --model" in line and "nothing is downloaded" in line
-    line = _error(capsys, ["evaluate", "--model", str(tmp_path / "none.pt"), "--data", str(tsv)])
-    assert "none.pt" in line
-    # a checkpoint that does not fit its config: a multi-line ValueError, printed on one line
-    model = tiny_model()
-    models.save_checkpoint(model, tmp_path / "m.pt")
-    import torch
+class _Foreign:
+    """A pickled object that a safe checkpoint load must refuse."""
 
+
+def test_checkpoint_errors_are_one_line(work, tmp_path, capsys):
+    folder, tsv, store = work
+    line = _error(capsys, ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tsv)])
+    assert "none.pt" in line
+    # a checkpoint that does not fit its config: a multi-line error, printed on one line
+    models.save_checkpoint(tiny_model(), tmp_path / "m.pt")
     checkpoint = torch.load(tmp_path / "m.pt", weights_only=True)
     checkpoint["config"]["depth"] = 2
     torch.save(checkpoint, tmp_path / "bad.pt")
-    line = _error(capsys, ["tag", str(folder / "clip000.wav"), "--model", str(tmp_path / "bad.pt")])
+    line = _error(capsys, ["tag", str(folder / "clip000.wav"), "--checkpoint", str(tmp_path / "bad.pt")])
     assert "missing keys" in line
+    # a foreign pickle and a damaged file: refused safely, without torch's advice to unpickle it
+    torch.save({"model": _Foreign()}, tmp_path / "foreign.pt")
+    line = _error(capsys, ["tag", str(folder / "clip000.wav"), "--checkpoint", str(tmp_path / "foreign.pt")])
+    assert "holds Python objects (test_cli._Foreign) that a safe load refuses" in line
+    assert "weights_only=False" not in line
+    (tmp_path / "damaged.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:300])
+    line = _error(capsys, ["evaluate", "--checkpoint", str(tmp_path / "damaged.pt"), "--data", str(tsv)])
+    assert line == f"ced-train: error: {tmp_path / 'damaged.pt'}: not a readable PyTorch checkpoint (damaged, " \
+                   "truncated, or another kind of file: RuntimeError)"
 
 
-def test_usage_error_exits_2(capsys):
+def test_usage_errors_exit_2(capsys):
     line = _error(capsys, ["train", "--student-aug", "sometimes"], status=2)
     assert "invalid choice" in line
     _error(capsys, ["frobnicate"], status=2)
+    line = _error(capsys, ["tag", "x.wav"], status=2)
+    assert "the following arguments are required: --checkpoint" in line
+    line = _error(capsys, ["extract", "--teacher", "a.pt", "--data", "t.tsv", "--store", "t.ced",
+                           "--store-epochs", "1", "--amp", "fp32"], status=2)
+    assert "argument --amp: invalid choice: 'fp32'" in line
 
 
-def test_python_dash_m_entry_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ced_train", "tag", "x.wav"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("ced-train: error: tag needs a model checkpoint")
-    help_text = subprocess.run([sys.executable, "-m", "ced_train", "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=120).stdout
+def _run(args: list[str], code: str | None = None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    entry = ["-c", code] if code else ["-m", "ced_train"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *entry, *args], cwd=ROOT, env=env, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def test_python_dash_m_entry_point():
+    done = _run(["tag", "x.wav", "--checkpoint", "missing.pt"])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["ced-train: error: missing.pt: No such file or directory"]
+    help_text = _run(["--help"]).stdout
     for command in ("extract", "check-store", "train", "evaluate", "tag", "demo"):
         assert command in help_text
+
+
+# Runs ced-train as if a package of the train extra were not installed.
+WITHOUT = "import sys\nsys.modules[{name!r}] = None\nfrom ced_train.cli import main\nsys.exit(main())\n"
+
+
+@pytest.mark.parametrize("package", ["torch", "soundfile"])
+def test_a_numpy_only_install_names_the_extra(package):
+    done = _run(["tag", "x.wav", "--checkpoint", "m.pt"], code=WITHOUT.format(name=package))
+    assert done.returncode == 4
+    assert done.stderr.strip().splitlines() == [
+        f"ced-train: error: ced-train needs the {package} package: pip install 'cedstore[train]'"]
+
+
+# Ctrl-C while torch (and the rest) is being imported.
+INTERRUPTED_IMPORT = (
+    "import builtins, sys\n"
+    "real_import = builtins.__import__\n"
+    "def interrupting(name, *args, **kwargs):\n"
+    "    if name == 'torch':\n"
+    "        raise KeyboardInterrupt\n"
+    "    return real_import(name, *args, **kwargs)\n"
+    "builtins.__import__ = interrupting\n"
+    "from ced_train.cli import main\n"
+    "sys.exit(main())\n"
+)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(work, tmp_path):
+    done = _run(["--help"], code=INTERRUPTED_IMPORT)
+    assert (done.returncode, done.stderr) == (130, "ced-train: error: interrupted\n")
+    # and during a run: SIGINT to a training process
+    _, tsv, store = work
+    argv = ["train", "--store", str(store), "--data", str(tsv), "--epochs", "1000", "--out", str(tmp_path), *TINY]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "ced_train", *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, err) == (130, "ced-train: error: interrupted\n")
+
+
+def test_a_closed_stdout_is_exit_141_without_a_traceback(work, tmp_path):
+    folder, _, _ = work
+    models.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write raises BrokenPipeError
+    try:
+        done = _run(["tag", str(folder / "clip000.wav"), "--checkpoint", str(tmp_path / "m.pt"), "--top", "5"],
+                    stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

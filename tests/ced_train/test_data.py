@@ -10,8 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ced_train import data
-from ced_train.data import AudioDataset, DataError, collate, load_audio, write_tsv
+from ced_train import audio, data
+from ced_train.audio import load_audio
+from ced_train.data import AudioDataset, collate
+from ced_train.errors import CedTrainError, DataError
+from ced_train.manifest import write_tsv
 
 SR = 16000
 
@@ -104,8 +107,8 @@ def test_resampling_44k1_keeps_a_1khz_tone_at_1khz(tmp_path):
      (7, 8000, 14)],
 )
 def test_resampled_length_matches_soxr(frames, rate, expected):
-    assert data._resampled_length(frames, rate, SR) == expected
-    assert len(data._resample(np.zeros(frames, np.float32), rate, SR)) == expected
+    assert audio.resampled_length(frames, rate, SR) == expected
+    assert len(audio.resample(np.zeros(frames, np.float32), rate, SR)) == expected
 
 
 # ----------------------------------------------------------------------------- chunking
@@ -172,7 +175,7 @@ def test_index_reads_headers_only(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("index building decoded audio")
 
-    monkeypatch.setattr(data.sf, "read", no_decoding)
+    monkeypatch.setattr(audio.sf, "read", no_decoding)
     assert len(AudioDataset.from_folder(tmp_path)) == 1
 
 
@@ -242,6 +245,12 @@ def test_missing_sources(tmp_path):
         AudioDataset.from_folder(tmp_path)
     with pytest.raises(DataError, match=r"gone.wav: file not found"):
         load_audio(tmp_path / "gone.wav")
+
+
+def test_data_errors_are_ced_train_errors(tmp_path):
+    with pytest.raises(CedTrainError, match=r"nope.tsv: TSV file not found") as err:
+        AudioDataset.from_tsv(tmp_path / "nope.tsv")
+    assert isinstance(err.value, ValueError)
 
 
 def test_skip_bad_logs_and_summarises(tmp_path, caplog):

@@ -15,7 +15,7 @@ import torch
 
 import cedstore
 from ced_train import distributed, models
-from ced_train.data import write_tsv
+from ced_train.manifest import write_tsv
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -39,9 +39,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def extract_command(workdir: Path, out: Path) -> list[str]:
-    return ["-m", "ced_train.extract", "--teacher", str(workdir / "a.pt"), "--teacher",
-            str(workdir / "b.pt"), "--data", str(workdir / "train.tsv"), "--epochs", "2", "--k", "3",
-            "--out", str(out), "--batch-size", "3", "--chunk-seconds", "1", "--threads", "1", "--quiet"]
+    return ["-m", "ced_train", "extract", "--teacher", str(workdir / "a.pt"), "--teacher",
+            str(workdir / "b.pt"), "--data", str(workdir / "train.tsv"), "--store-epochs", "2", "--k", "3",
+            "--store", str(out), "--batch-size", "3", "--chunk-seconds", "1", "--threads", "1", "--quiet"]
 
 
 def run(command: list[str]) -> None:

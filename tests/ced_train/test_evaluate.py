@@ -8,7 +8,9 @@ import soundfile as sf
 import torch
 
 from ced_train import models
-from ced_train.data import AudioDataset, DataError, write_tsv
+from ced_train.data import AudioDataset
+from ced_train.errors import DataError
+from ced_train.manifest import write_tsv
 from ced_train.evaluate import EvalResult, evaluate, predict, tag, write_per_class_csv
 from ced_train.labels import audioset_names
 from ced_train.metrics import mean_average_precision

@@ -17,12 +17,13 @@ import soundfile as sf
 import torch
 
 import cedstore
-from ced_train import check_store as check_store_module
-from ced_train import extract as extract_module
 from ced_train import models
 from ced_train.augment import Recipe, augment_waves, augmented_logmel
 from ced_train.check_store import check_store
-from ced_train.data import AudioDataset, write_tsv
+from ced_train.cli import main
+from ced_train.data import AudioDataset
+from ced_train.errors import StoreMismatchError
+from ced_train.manifest import write_tsv
 from ced_train.extract import Ensemble, extract
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.rng import seed_for
@@ -77,7 +78,7 @@ def teacher(workdir) -> Ensemble:
 @pytest.fixture(scope="module")
 def store_path(workdir, teacher, dataset) -> Path:
     path = workdir / "teacher.ced"
-    extract(teacher, dataset, path, epochs=2, k=4, base_seed=7, recipe=RECIPE, batch_size=3,
+    extract(teacher, dataset, path, store_epochs=2, k=4, base_seed=7, recipe=RECIPE, batch_size=3,
             progress=False)
     return path
 
@@ -106,7 +107,7 @@ def test_extract_writes_complete_verified_store_with_metadata(store_path, datase
         assert (store.num_samples, store.num_epochs, store.k, store.num_classes) == (8, 2, 4, NUM_CLASSES)
         assert store.keys == dataset.keys
         meta = store.metadata
-    assert Recipe.from_json(json.dumps(meta["augmentation"])) == RECIPE
+    assert Recipe.from_dict(meta["augmentation"]) == RECIPE
     assert meta["frontend"] == FrontendConfig().to_dict()
     assert meta["activation"] == "sigmoid" and meta["tail_policy"] == "zero"
     assert meta["label_space"] == cedstore.label_space([f"class_{i}" for i in range(NUM_CLASSES)])
@@ -134,32 +135,15 @@ def test_mixed_length_chunks_are_never_padded_for_the_teacher(workdir, teacher, 
     mixed = AudioDataset.from_tsv(workdir / "mixed" / "train.tsv", chunk_seconds=1.0)
     assert len(set(mixed.lengths.tolist())) == 8
     path = tmp_path / "mixed.ced"
-    extract(teacher, mixed, path, epochs=2, k=3, recipe=RECIPE, batch_size=3, progress=False)
+    extract(teacher, mixed, path, store_epochs=2, k=3, recipe=RECIPE, batch_size=3, progress=False)
     with cedstore.open(path) as store:
         values, indices, seeds = store.topk(1, np.arange(8))
     for i in range(8):  # each record alone, at its own length
         probs = by_hand(teacher.members, mixed.load_batch([i])[0], int(seeds[i]), RECIPE)
         np.testing.assert_array_equal(indices[i], np.argsort(-probs, kind="stable")[:3])
         np.testing.assert_allclose(values[i], probs[indices[i]], atol=1e-3)
-    result = check_store(path, teacher, mixed, samples=16, batch_size=5)
+    result = check_store(path, teacher, mixed, num_records=16, batch_size=5)
     assert result["mean_abs_diff"] < 1e-3 and result["index_mismatch_rate"] == 0.0
-
-
-def test_batch_plan_covers_every_record_once_with_one_length_per_batch():
-    lengths = np.array([5, 3, 5, 3, 5, 4])
-    plan = extract_module._BatchPlan(lengths, num_epochs=2, batch_size=4)
-    seen = []
-    for b in range(plan.num_batches):
-        epoch_ids, sample_ids = plan.records(b)
-        assert len(sample_ids) == plan.sizes[b] and len(set(lengths[sample_ids])) == 1
-        seen += list(zip(epoch_ids.tolist(), sample_ids.tolist()))
-    assert sorted(seen) == [(e, i) for e in range(2) for i in range(6)]
-    assert plan.records(0)[1].tolist() == [1, 3, 1, 3]  # shortest first, epoch-major
-    written = np.zeros((2, 6), dtype=bool)
-    written[:, [1, 3]] = True  # the length-3 group's only batch
-    assert plan.done(written).tolist() == [True] + [False] * (plan.num_batches - 1)
-    equal = extract_module._BatchPlan(np.full(5, 7), num_epochs=2, batch_size=4)
-    assert [ids.tolist() for ids in equal.records(1)] == [[0, 1, 1, 1], [4, 0, 1, 2]]  # g = e·N + i
 
 
 def test_records_differ_between_epochs(store_path):
@@ -170,7 +154,7 @@ def test_records_differ_between_epochs(store_path):
 
 def test_rerun_of_a_finished_extraction_writes_nothing(store_path, teacher, dataset):
     before = store_path.read_bytes()
-    stats = extract(teacher, dataset, store_path, epochs=2, k=4, base_seed=7, recipe=RECIPE,
+    stats = extract(teacher, dataset, store_path, store_epochs=2, k=4, base_seed=7, recipe=RECIPE,
                     batch_size=3, progress=False)
     assert (stats.records, stats.skipped_batches) == (0, 6)
     assert store_path.read_bytes() == before
@@ -179,20 +163,20 @@ def test_rerun_of_a_finished_extraction_writes_nothing(store_path, teacher, data
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"k": 3}, "k is 4 in the store, 3 in this command"),
-        ({"epochs": 3}, "num_epochs is 2 in the store, 3 in this command"),
-        ({"base_seed": 8}, "metadata 'base_seed' is 7 in the store, 8 in this command"),
+        ({"k": 3}, "k is 4 in the store, 3 in this extraction"),
+        ({"store_epochs": 3}, "num_epochs is 2 in the store, 3 in this extraction"),
+        ({"base_seed": 8}, "metadata 'base_seed' is 7 in the store, 8 in this extraction"),
         ({"recipe": Recipe()}, "metadata 'augmentation' is"),
         ({"recipe": None}, 'metadata \'augmentation\' is {"freq_mask_max": 16'),
         ({"teacher": "c.pt"}, "metadata 'teacher' is"),
     ],
 )
 def test_resume_refuses_a_store_from_another_extraction(store_path, dataset, workdir, change, message):
-    args = dict(epochs=2, k=4, base_seed=7, recipe=RECIPE)
+    args = dict(store_epochs=2, k=4, base_seed=7, recipe=RECIPE)
     args.update({key: value for key, value in change.items() if key != "teacher"})
     teacher = Ensemble.from_checkpoints([workdir / change.get("teacher", "a.pt"), workdir / "b.pt"])
     before = store_path.read_bytes()
-    with pytest.raises(ValueError, match="refusing to resume") as err:
+    with pytest.raises(StoreMismatchError, match="refusing to resume") as err:
         extract(teacher, dataset, store_path, batch_size=3, progress=False, **args)
     assert message in str(err.value)
     assert str(err.value).startswith(f"{store_path}: refusing to resume: the store was made by a different extraction (")
@@ -202,7 +186,7 @@ def test_resume_refuses_a_store_from_another_extraction(store_path, dataset, wor
 def test_resume_refuses_another_dataset(store_path, teacher, workdir):
     other = AudioDataset.from_tsv(workdir / "mixed" / "train.tsv", chunk_seconds=1.0)
     with pytest.raises(ValueError, match="metadata 'dataset_sha256' is"):
-        extract(teacher, other, store_path, epochs=2, k=4, base_seed=7, recipe=RECIPE,
+        extract(teacher, other, store_path, store_epochs=2, k=4, base_seed=7, recipe=RECIPE,
                 batch_size=3, progress=False)
 
 
@@ -216,7 +200,7 @@ def test_a_plain_callable_teacher_on_spectrograms(tmp_path, dataset):
         return torch.sigmoid(logmel.mean(-1) @ weights / 64)
 
     path = tmp_path / "callable.ced"
-    extract(mel_profile, dataset, path, epochs=1, k=2, recipe=None, batch_size=4, progress=False,
+    extract(mel_profile, dataset, path, store_epochs=1, k=2, recipe=None, batch_size=4, progress=False,
             metadata={"user": {"note": "demo"}})
     with cedstore.open(path) as store:
         meta = store.metadata
@@ -240,7 +224,7 @@ def test_a_waveform_teacher_sees_the_shifted_waveform(tmp_path, dataset):
             return torch.sigmoid(100 * waves[:, :NUM_CLASSES])
 
     path = tmp_path / "wave.ced"
-    extract(FirstSamples(), dataset, path, epochs=2, k=3, recipe=RECIPE, batch_size=5,
+    extract(FirstSamples(), dataset, path, store_epochs=2, k=3, recipe=RECIPE, batch_size=5,
             teacher_input="waveform", progress=False)
     with cedstore.open(path) as store:
         assert store.metadata["teacher"] == {"name": "first-samples"}
@@ -254,13 +238,13 @@ def test_a_waveform_teacher_sees_the_shifted_waveform(tmp_path, dataset):
 
 def test_a_teacher_returning_logits_is_refused(tmp_path, dataset):
     with pytest.raises(ValueError, match=r"the teacher returned values outside \[0, 1\]"):
-        extract(lambda x: x.mean(-1)[:, :NUM_CLASSES], dataset, tmp_path / "x.ced", epochs=1, k=2,
+        extract(lambda x: x.mean(-1)[:, :NUM_CLASSES], dataset, tmp_path / "x.ced", store_epochs=1, k=2,
                 progress=False)
 
 
 def test_amp_needs_cuda(tmp_path, dataset, teacher):
-    with pytest.raises(ValueError, match="amp needs a CUDA device, got cpu"):
-        extract(teacher, dataset, tmp_path / "x.ced", epochs=1, k=2, amp=True, progress=False)
+    with pytest.raises(ValueError, match="amp 'fp16' needs a CUDA device, got cpu"):
+        extract(teacher, dataset, tmp_path / "x.ced", store_epochs=1, k=2, amp="fp16", progress=False)
 
 
 def _mixed_length_batch():
@@ -302,7 +286,7 @@ def test_a_short_chunk_gets_the_input_it_would_get_alone():
 
 
 def test_check_store_is_zero_on_the_store_it_checks(store_path, teacher, dataset):
-    result = check_store(store_path, teacher, dataset, samples=10, batch_size=4)
+    result = check_store(store_path, teacher, dataset, num_records=10, batch_size=4)
     assert result["checked"] == 10 and result["missing_keys"] == 0
     assert result["mean_abs_diff"] < 1e-3 and result["index_mismatch_rate"] == 0.0
     assert result["ok"]
@@ -310,7 +294,7 @@ def test_check_store_is_zero_on_the_store_it_checks(store_path, teacher, dataset
 
 def test_check_store_flags_another_teacher(store_path, dataset, workdir):
     other = Ensemble.from_checkpoints([workdir / "c.pt"])
-    result = check_store(store_path, other, dataset, samples=16)
+    result = check_store(store_path, other, dataset, num_records=16)
     assert result["mean_abs_diff"] > 0.05 and result["index_mismatch_rate"] > 0.3
     assert not result["ok"]
 
@@ -322,7 +306,7 @@ def test_check_store_flags_changed_audio(store_path, teacher, dataset, workdir, 
     (tmp_path / "train.tsv").write_bytes((workdir / "train.tsv").read_bytes())
     changed = AudioDataset.from_tsv(tmp_path / "train.tsv", chunk_seconds=1.0)
     assert changed.keys == dataset.keys
-    result = check_store(store_path, teacher, changed, samples=16)
+    result = check_store(store_path, teacher, changed, num_records=16)
     assert result["mean_abs_diff"] > 0.05 and not result["ok"]
 
 
@@ -330,36 +314,48 @@ def test_check_store_joins_by_key_so_reordering_rows_is_fine(store_path, teacher
     names = [f"{workdir}/clip{i}.wav" for i in (3, 1, 0, 2, 7, 6, 5, 4)]
     reordered = AudioDataset.from_tsv(write_tsv(tmp_path / "r.tsv", names), chunk_seconds=1.0)
     # Absolute paths give other keys: none of them is in the store.
-    with pytest.raises(ValueError, match="no written record matches a dataset key"):
+    with pytest.raises(StoreMismatchError, match="no dataset key has a record in"):
         check_store(store_path, teacher, reordered)
     for i in range(8):
         (tmp_path / f"clip{i}.wav").write_bytes((workdir / f"clip{i}.wav").read_bytes())
     rows = [f"clip{i}.wav" for i in (3, 1, 0, 2, 7, 6, 5, 4)]
     reordered = AudioDataset.from_tsv(write_tsv(tmp_path / "r.tsv", rows), chunk_seconds=1.0)
-    assert check_store(store_path, teacher, reordered, samples=8)["ok"]
+    assert check_store(store_path, teacher, reordered, num_records=8)["ok"]
 
 
 def test_check_store_command_prints_a_table(store_path, workdir, capsys):
-    argv = ["--store", str(store_path), "--teacher", str(workdir / "a.pt"), "--teacher",
-            str(workdir / "b.pt"), "--data", str(workdir / "train.tsv"), "--samples", "4",
-            "--chunk-seconds", "1"]
-    assert check_store_module.main(argv) == 0
+    argv = ["check-store", "--store", str(store_path), "--teacher", str(workdir / "a.pt"), "--teacher",
+            str(workdir / "b.pt"), "--data", str(workdir / "train.tsv"), "--num-records", "4",
+            "--chunk-seconds", "1", "--quiet"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"check-store {store_path}\n")
     assert "records checked" in out and "verdict" in out and "OK" in out
-    assert check_store_module.main(argv[:2] + ["--teacher", str(workdir / "c.pt")] + argv[6:]) == 1
+    assert main(argv[:3] + ["--teacher", str(workdir / "c.pt")] + argv[7:]) == 1
     assert "MISMATCH" in capsys.readouterr().out
 
 
 # ---- the command, killed and resumed -----------------------------------------------------------
 
 
-def run_cli(workdir: Path, out: Path, env_extra: dict | None = None, wait: bool = True):
-    command = [sys.executable, "-m", "ced_train.extract", "--teacher", str(workdir / "a.pt"),
+# The command with a teacher that sleeps 0.4 s per batch, so that a test can kill it mid-run.
+SLOW_TEACHER_COMMAND = (
+    "import sys, time\n"
+    "from ced_train.teacher import Ensemble\n"
+    "forward = Ensemble.forward\n"
+    "Ensemble.forward = lambda self, x: (time.sleep(0.4), forward(self, x))[1]\n"
+    "from ced_train.cli import main\n"
+    "sys.exit(main())\n"
+)
+
+
+def run_cli(workdir: Path, out: Path, slow: bool = False, wait: bool = True):
+    entry = ["-c", SLOW_TEACHER_COMMAND] if slow else ["-m", "ced_train"]
+    command = [sys.executable, *entry, "extract", "--teacher", str(workdir / "a.pt"),
                "--teacher", str(workdir / "b.pt"), "--data", str(workdir / "mixed" / "train.tsv"),
-               "--epochs", "2", "--k", "3", "--out", str(out), "--batch-size", "2",
-               "--chunk-seconds", "1", "--threads", "1", "--seed", "3", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+               "--store-epochs", "2", "--k", "3", "--store", str(out), "--batch-size", "2",
+               "--chunk-seconds", "1", "--threads", "1", "--base-seed", "3", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -377,7 +373,7 @@ def written_count(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def cli_store(workdir, tmp_path_factory) -> Path:
-    """The store of an uninterrupted `python -m ced_train.extract` run on the mixed-length clips."""
+    """The store of an uninterrupted `python -m ced_train extract` run on the mixed-length clips."""
     out = tmp_path_factory.mktemp("cli") / "reference.ced"
     run_cli(workdir, out)
     return out
@@ -386,7 +382,7 @@ def cli_store(workdir, tmp_path_factory) -> Path:
 def test_a_killed_extraction_resumes_to_the_same_bytes(workdir, cli_store, tmp_path):
     out = tmp_path / "killed.ced"
     # Sleep 0.4 s after each of the 8 batches, so the kill lands between records reliably.
-    proc = run_cli(workdir, out, {"CED_EXTRACT_TEST_SLEEP": "0.4"}, wait=False)
+    proc = run_cli(workdir, out, slow=True, wait=False)
     try:
         deadline = time.monotonic() + 120
         while written_count(out) < 4 and proc.poll() is None and time.monotonic() < deadline:
@@ -406,10 +402,12 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(workdir, cli_store, tmp_p
 def test_the_command_refuses_to_resume_another_extraction(workdir, cli_store, tmp_path, capsys):
     out = tmp_path / "store.ced"
     out.write_bytes(cli_store.read_bytes())
-    argv = ["--teacher", str(workdir / "a.pt"), "--data", str(workdir / "mixed" / "train.tsv"),
-            "--epochs", "2", "--k", "3", "--out", str(out), "--chunk-seconds", "1", "--seed", "3"]
-    assert extract_module.main(argv) == 1
+    argv = ["extract", "--teacher", str(workdir / "a.pt"), "--data", str(workdir / "mixed" / "train.tsv"),
+            "--store-epochs", "2", "--k", "3", "--store", str(out), "--chunk-seconds", "1", "--base-seed", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"ced-train extract: error: {out}: refusing to resume: ")
+    assert err.startswith(f"ced-train: error: {out}: refusing to resume: ") and err.count("\n") == 1
     assert "metadata 'teacher' is" in err
     assert out.read_bytes() == cli_store.read_bytes()

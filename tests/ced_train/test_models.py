@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ced_train import models
+from ced_train.errors import CheckpointError
 from ced_train.models import CEDConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -453,3 +454,43 @@ def test_save_checkpoint_rejects(tmp_path, extra, error, message):
     with pytest.raises(error, match=re.escape(message)):
         models.save_checkpoint(small_model(), tmp_path / "x.pt", **extra)
     assert not (tmp_path / "x.pt").exists()
+
+
+class _Foreign:
+    """A pickled object: a safe load must refuse it, never run it."""
+
+
+def _truncated(path):
+    torch.save({"model": {}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda p: torch.save({"model": {}, "trainer": _Foreign()}, p),
+     "the checkpoint holds Python objects (test_models._Foreign) that a safe load refuses; expected "
+     "only tensors, dicts, lists, strings and numbers (a CED state dict, or a file written by save_checkpoint)"),
+    (lambda p: p.write_bytes(b"not a checkpoint" * 8),
+     "not a readable PyTorch checkpoint (damaged, truncated, or another kind of file: UnpicklingError)"),
+    (lambda p: p.write_bytes(b""), "not a readable PyTorch checkpoint (damaged, truncated, or another kind of "
+                                   "file: EOFError)"),
+    (_truncated, "not a readable PyTorch checkpoint (damaged, truncated, or another kind of file: RuntimeError)"),
+    (lambda p: torch.save([1, 2], p), "expected a dict (a state dict or {'model': ...}), got list"),
+    (lambda p: torch.save({"config": {"width": 3}}, p), "its 'config' is not a CED model config: unknown "
+                                                        "CEDConfig fields ['width']"),
+])
+def test_unreadable_or_foreign_checkpoints_are_one_checkpoint_error(tmp_path, write, message):
+    path = tmp_path / "bad.pt"
+    write(path)
+    with pytest.raises(CheckpointError) as err:
+        models.from_checkpoint(path)
+    assert str(err.value).startswith(f"{path}: {message}")
+    assert "weights_only=False" not in str(err.value)
+
+
+def test_save_checkpoint_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "m.pt"
+    models.save_checkpoint(small_model(), path, step=1)
+    models.save_checkpoint(small_model(), path, step=2)
+    assert models.load_checkpoint(path)["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind

@@ -21,7 +21,7 @@ from ced_train.rng import fresh_seeds, seed_for
 from ced_train.evaluate import evaluate
 from ced_train.extract import extract
 from ced_train.optim import create_optimizer, get_lr
-from ced_train.train import TrainConfig, epoch_order, student_inputs, train
+from ced_train.train import TrainConfig, student_inputs, train
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def work(tmp_path_factory):
         "folder": folder,
         "tsv": tsv,
         "dataset": dataset,
-        "store": make_store(folder / "aug.ced", dataset, epochs=2),
-        "clean": make_store(folder / "clean.ced", dataset, epochs=1, recipe=None),
+        "store": make_store(folder / "aug.ced", dataset, store_epochs=2),
+        "clean": make_store(folder / "clean.ced", dataset, store_epochs=1, recipe=None),
     }
 
 
@@ -69,7 +69,7 @@ def test_student_input_in_training_equals_teacher_input_bit_exact(work, tmp_path
     calls = []
     teacher.register_forward_hook(lambda m, args, out: calls.append(args[0].clone()))
     path = tmp_path / "t.ced"
-    extract(teacher, dataset, path, epochs=2, k=2, recipe=RECIPE, batch_size=4, progress=False)
+    extract(teacher, dataset, path, store_epochs=2, k=2, recipe=RECIPE, batch_size=4, progress=False)
     flat = torch.cat(calls)  # batches are global: rows are records e * N + i in order
     for g, x in enumerate(flat):
         seen_by_teacher[divmod(g, len(dataset))] = x
@@ -118,15 +118,6 @@ def test_training_epoch_e_reads_store_epoch_e_mod_E(work):
         assert sorted(ids.tolist()) == list(range(10))
 
 
-def test_epoch_order_is_seeded_and_ranks_are_disjoint():
-    assert np.array_equal(epoch_order(10, 0, 3), epoch_order(10, 0, 3))
-    assert not np.array_equal(epoch_order(10, 0, 3), epoch_order(10, 0, 4))
-    ranks = [epoch_order(11, 0, 0, rank, 3) for rank in range(3)]
-    assert [len(r) for r in ranks] == [3, 3, 3]  # cut to a multiple of the world size
-    assert len(set(np.concatenate(ranks).tolist())) == 9
-    assert set(np.concatenate(ranks).tolist()) <= set(epoch_order(11, 0, 0).tolist())
-
-
 def test_fresh_seeds_differ_per_epoch_and_from_the_stored_ones():
     a, b = fresh_seeds(100, 0, 0), fresh_seeds(100, 0, 1)
     assert a.dtype == np.int32 and np.array_equal(a, fresh_seeds(100, 0, 0))
@@ -140,13 +131,13 @@ def test_missing_keys_are_refused_or_skipped_and_counted(work, tmp_path, capsys)
     bigger = load(write_clips(tmp_path, 12))  # clip010, clip011 have no record
     store = cedstore.open(work["store"])
     with pytest.raises(ValueError, match=r"2 of 12 dataset keys have no record in .*aug\.ced .*"
-                                         r"'clip010\.wav#0-8000'.*pass --allow-missing to skip them"):
+                                         r"'clip010\.wav#0-8000'.*allow missing keys to use the others"):
         train(tiny_model(), bigger, config(), store)
     recorder = _Recorder(store)
     train(tiny_model(), bigger, config(allow_missing=True, verbose=True), recorder)
     out = capsys.readouterr().out
     assert "10 of 12 dataset keys have records; 2 missing in the store" in out
-    assert "skipping 2 dataset keys without a record (--allow-missing)" in out
+    assert "skipping 2 dataset keys without a record (missing keys allowed)" in out
     assert sorted(np.concatenate([ids for _, ids in recorder.calls]).tolist()) == list(range(10))
 
 
@@ -163,7 +154,7 @@ def test_label_names_mismatch_is_refused(work):
 
 
 def test_store_aug_needs_a_recipe_in_the_store(work):
-    with pytest.raises(ValueError, match=r"has no augmentation recipe .*--student-aug store needs one"):
+    with pytest.raises(ValueError, match=r"has no augmentation recipe .*student augmentation 'store' needs one"):
         train(tiny_model(), work["dataset"], config(student_aug="store"), cedstore.open(work["clean"]))
 
 
@@ -224,7 +215,7 @@ def test_resume_continues_identically(work, tmp_path):
     with pytest.raises(Stop):
         train(tiny_model(), dataset, config(**run, out=str(tmp_path / "cut")), store)
     dataset.load_batch = load_batch
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(FileExistsError, match=r"already holds a training run \(last.pt\); resume it or choose another output folder"):
         train(tiny_model(), dataset, config(**run, out=str(tmp_path / "cut")), store)
     resumed_model = tiny_model(seed=5)  # the checkpoint's weights replace these
     resumed = train(resumed_model, dataset, config(**run, out=str(tmp_path / "cut"), resume=True), store)
@@ -241,7 +232,7 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(work, tmp_path):
     train(tiny_model(), work["dataset"], config(out=str(tmp_path)), store)
     with pytest.raises(ValueError, match=r"trained with different settings \(lr: 0.001 -> 0.01\)"):
         train(tiny_model(), work["dataset"], config(out=str(tmp_path), resume=True, lr=1e-2), store)
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint"):
         train(tiny_model(), work["dataset"], config(out=str(tmp_path / "none"), resume=True), store)
 
 
@@ -331,7 +322,7 @@ def test_torchrun_two_processes(work, tmp_path):
     root = Path(__file__).resolve().parents[2]
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
                "-m", "ced_train", "train", "--store", str(work["store"]), "--data", str(work["tsv"]),
-               "--eval", str(work["tsv"]), "--epochs", "2", "--out", str(tmp_path), "--model", "ced_custom",
+               "--eval-data", str(work["tsv"]), "--epochs", "2", "--out", str(tmp_path), "--arch", "ced_custom",
                "--embed-dim", "32", "--depth", "1", "--num-heads", "2", "--batch-size", "2",
                "--warmup-steps", "1", "--optimizer", "adamw"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}

@@ -10,7 +10,8 @@ import torch
 
 from ced_train import models
 from ced_train.augment import Recipe
-from ced_train.data import AudioDataset, write_tsv
+from ced_train.data import AudioDataset
+from ced_train.manifest import write_tsv
 from ced_train.extract import Ensemble, extract
 from ced_train.train import TrainConfig
 
@@ -41,9 +42,9 @@ def tiny_model(seed: int = 0, num_classes: int = NUM_CLASSES) -> models.CED:
     return models.create("ced_custom", num_classes=num_classes, embed_dim=32, depth=1, num_heads=2)
 
 
-def make_store(path: Path, dataset, epochs: int = 2, recipe: Recipe | None = RECIPE, k: int = 3) -> Path:
+def make_store(path: Path, dataset, store_epochs: int = 2, recipe: Recipe | None = RECIPE, k: int = 3) -> Path:
     """Extract a tiny teacher's top-k on ``dataset`` into ``path``."""
-    extract(Ensemble([tiny_model(seed=99).eval()]), dataset, path, epochs=epochs, k=k, recipe=recipe,
+    extract(Ensemble([tiny_model(seed=99).eval()]), dataset, path, store_epochs=store_epochs, k=k, recipe=recipe,
             batch_size=4, progress=False)
     return path
 

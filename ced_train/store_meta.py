@@ -1,0 +1,281 @@
+"""The contract between a teacher store and what is trained from it: one file to audit.
+
+A store is only useful with the audio, teacher, recipe and label space it was made from. This
+module writes that provenance at extraction and checks it everywhere a store is used:
+
+- :func:`store_metadata`: what an extraction writes (recipe, frontend, teacher, teacher input,
+  label space, dataset hash, base seed);
+- :func:`check_same_extraction`: a resumed extraction must find exactly that in the file;
+- :func:`stored_recipe`, :func:`stored_frontend`, :func:`stored_teacher_input`: reading it back
+  (the one place that turns metadata into a ``Recipe``);
+- :func:`check_student_fits`: the student's class count, frontend and class names;
+- :func:`join`: dataset keys to store records, with the coverage report;
+- :func:`training_recipe`: which recipe (if any) the student's input gets, and whether the
+  consistent input is the waveform shift only.
+
+Every refusal is a ``StoreMismatchError`` naming the store and both sides.
+
+Example:
+    >>> store = cedstore.open("teacher.ced")                              # doctest: +SKIP
+    >>> check_student_fits(store, student, class_names)                    # doctest: +SKIP
+    >>> joined = join(store, dataset.keys, allow_missing=False)            # doctest: +SKIP
+    >>> recipe, wave_only = training_recipe(store, "store")                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+import cedstore
+from ced_train.augment import Recipe
+from ced_train.errors import StoreMismatchError
+from ced_train.frontend import FrontendConfig
+from ced_train.labels import default_names
+
+__all__ = [
+    "Joined", "check_same_extraction", "check_student_fits", "join",
+    "store_metadata", "stored_chunk_seconds", "stored_frontend", "stored_recipe", "stored_teacher_input",
+    "training_recipe",
+]
+
+# ---- written at extraction -----------------------------------------------------------------
+
+
+def _dataset_sha256(dataset) -> str:
+    if hasattr(dataset, "manifest_sha256"):
+        return dataset.manifest_sha256()
+    return hashlib.sha256("".join(k + "\n" for k in dataset.keys).encode("utf-8")).hexdigest()
+
+
+def store_metadata(
+    teacher,
+    dataset,
+    *,
+    num_classes: int,
+    base_seed: int,
+    recipe: Recipe | None,
+    frontend_config: FrontendConfig,
+    teacher_input: str,
+    class_names: Sequence[str] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """The metadata an extraction writes (and a resumed one must find): recipe, frontend,
+    teacher, label space, dataset hash, base seed; ``extra`` entries are added (or replace).
+
+    Raises:
+        ValueError: ``class_names`` does not have ``num_classes`` names.
+
+    Example:
+        >>> store_metadata(teacher, ds, num_classes=527, base_seed=0, recipe=Recipe(),
+        ...                frontend_config=FrontendConfig(), teacher_input="spectrogram")  # doctest: +SKIP
+    """
+    names = list(class_names) if class_names is not None else default_names(num_classes)
+    if len(names) != num_classes:
+        raise ValueError(f"got {len(names)} class names for a teacher with {num_classes} classes")
+    description = getattr(teacher, "description", None)
+    if description is None:
+        kind = teacher if hasattr(teacher, "__qualname__") else type(teacher)  # function or object
+        description = {"callable": f"{kind.__module__}.{kind.__qualname__}"}
+    meta = {
+        "activation": "sigmoid",
+        "tail_policy": "zero",
+        "label_space": cedstore.label_space(names),
+        "teacher": description,
+        "teacher_input": teacher_input,
+        "frontend": frontend_config.to_dict(),
+        "dataset_sha256": _dataset_sha256(dataset),
+        "base_seed": base_seed,
+    }
+    if recipe is not None:
+        meta["augmentation"] = recipe.to_dict()
+    meta.update(extra or {})
+    return meta
+
+
+def check_same_extraction(path: str, metadata: dict, shape: dict, keys: list[str]) -> None:
+    """Raise unless the store at ``path`` was made by this same extraction (to resume it).
+
+    Args:
+        path: the existing store.
+        metadata: :func:`store_metadata` of this extraction.
+        shape: ``num_classes``, ``k``, ``num_samples``, ``num_epochs`` of this extraction.
+        keys: the dataset's chunk keys.
+
+    Raises:
+        StoreMismatchError: listing every difference (shape, metadata entries, keys).
+        cedstore.CedStoreError: the file is not a valid store.
+    """
+    with cedstore.open(path) as store:
+        found = {name: getattr(store, name) for name in shape}
+        stored = {key: value for key, value in store.metadata.items() if key != "writer"}
+        stored_keys = store.keys
+    problems = [f"{name} is {found[name]} in the store, {shape[name]} in this extraction"
+                for name in shape if found[name] != shape[name]]
+    expected = json.loads(json.dumps(metadata))  # the JSON round trip the store went through
+    for name in sorted(set(stored) | set(expected)):
+        if stored.get(name) != expected.get(name):
+            problems.append(f"metadata {name!r} is {json.dumps(stored.get(name), sort_keys=True)} "
+                            f"in the store, {json.dumps(expected.get(name), sort_keys=True)} in this extraction")
+    if not problems and stored_keys != keys:
+        problems.append("its keys differ from the dataset's chunk keys")
+    if problems:
+        raise StoreMismatchError(
+            f"{path}: refusing to resume: the store was made by a different extraction ("
+            + "; ".join(problems) + "). Use the original settings, or another store path."
+        )
+
+
+# ---- read back -----------------------------------------------------------------------------
+
+
+def stored_recipe(store: cedstore.Store) -> Recipe | None:
+    """The augmentation recipe in a store's metadata, or None for a store made without one.
+
+    Raises:
+        ValueError: the metadata holds a recipe this code does not implement.
+    """
+    spec = store.metadata.get("augmentation")
+    return Recipe.from_dict(spec) if spec else None
+
+
+def stored_frontend(store: cedstore.Store) -> FrontendConfig:
+    """The log-mel settings the teacher's inputs were computed with (defaults if not recorded)."""
+    return FrontendConfig(**store.metadata.get("frontend", {}))
+
+
+def stored_chunk_seconds(store: cedstore.Store, default: float = 10.0) -> float:
+    """The chunk length the store's keys were cut with (``chunk_seconds`` metadata, written by
+    the command line's extraction), else ``default``."""
+    return float(store.metadata.get("chunk_seconds", default))
+
+
+def stored_teacher_input(store: cedstore.Store) -> str:
+    """``"spectrogram"`` (shift, frontend, masks) or ``"waveform"`` (the teacher saw the shift only)."""
+    return store.metadata.get("teacher_input", "spectrogram")
+
+
+# ---- checked before training ---------------------------------------------------------------
+
+
+def check_student_fits(store: cedstore.Store, model, class_names: Sequence[str] | None = None) -> None:
+    """Refuse a store whose class count, log-mel settings or class names differ from the student's.
+
+    Args:
+        store: the teacher store.
+        model: the student; its ``config.num_classes`` / ``config.n_mels`` are checked when present.
+        class_names: if given, checked against the store's ``label_space`` hash.
+
+    Raises:
+        StoreMismatchError: naming the store and both values.
+    """
+    config = getattr(model, "config", None)
+    num_classes = getattr(config, "num_classes", None)
+    if num_classes is not None and num_classes != store.num_classes:
+        raise StoreMismatchError(
+            f"{store.path}: the store has {store.num_classes} classes but the student has "
+            f"{num_classes}; train a student with {store.num_classes} outputs"
+        )
+    frontend = store.metadata.get("frontend")
+    n_mels = getattr(config, "n_mels", None)
+    if isinstance(frontend, dict) and n_mels is not None and frontend != FrontendConfig(n_mels=n_mels).to_dict():
+        raise StoreMismatchError(
+            f"{store.path}: the teacher's inputs were computed with frontend {frontend}, the "
+            f"student's frontend is {FrontendConfig(n_mels=n_mels).to_dict()}"
+        )
+    space = store.metadata.get("label_space")
+    if class_names is not None and isinstance(space, dict) and "names_sha256" in space:
+        mine = cedstore.label_space(list(class_names))["names_sha256"]
+        if space["names_sha256"] != mine:
+            raise StoreMismatchError(
+                f"{store.path}: label space differs: the store's class names hash to "
+                f"{space['names_sha256'][:12]}…, the given names to {mine[:12]}…"
+            )
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Dataset chunks that have a store record: ``dataset_ids[j]`` is record ``store_ids[j]``."""
+
+    dataset_ids: np.ndarray
+    store_ids: np.ndarray
+    report: cedstore.JoinReport
+
+
+def join(store: cedstore.Store, keys: Sequence[str], *, allow_missing: bool,
+         log: Callable[[str], None] = lambda message: None) -> Joined:
+    """Join dataset keys to the store's records by key (the store's key table).
+
+    Args:
+        store: the teacher store.
+        keys: the dataset's chunk keys.
+        allow_missing: keep going when some keys have no record (they are left out and counted).
+        log: receives the coverage report line(s).
+
+    Returns:
+        :class:`Joined`.
+
+    Raises:
+        StoreMismatchError: keys without a record (unless ``allow_missing``), or no key at all
+            with a record.
+
+    Example:
+        >>> joined = join(store, dataset.keys, allow_missing=True, log=print)  # doctest: +SKIP
+        join: 10 of 12 dataset keys have records; 2 missing in the store ...
+    """
+    report = store.join(keys)
+    log(f"join: {report}")
+    missing = report.missing_in_store
+    if missing and not allow_missing:
+        raise StoreMismatchError(
+            f"{missing} of {len(report.ids)} dataset keys have no record in {store.path} "
+            f"(e.g. {report.missing_in_store_examples}); allow missing keys to use the others"
+        )
+    if missing:
+        log(f"join: skipping {missing} dataset keys without a record (missing keys allowed)")
+    dataset_ids = np.flatnonzero(report.ids >= 0)
+    if not len(dataset_ids):
+        raise StoreMismatchError(
+            f"no dataset key has a record in {store.path}: is this the store of this dataset?")
+    return Joined(dataset_ids, report.ids[dataset_ids], report)
+
+
+def training_recipe(store: cedstore.Store | None, student_aug: str,
+                    recipe: Recipe | None = None) -> tuple[Recipe | None, bool]:
+    """The recipe of the student's input, and whether it is the waveform shift only.
+
+    Args:
+        store: the teacher store (None for supervised training).
+        student_aug: ``"store"`` (the stored seeds, with the store's recipe: consistent),
+            ``"fresh"`` (new seeds: ``recipe``, else the store's, else ``Recipe()``) or
+            ``"none"``.
+        recipe: a recipe asked for by the caller; with ``"store"`` it must equal the store's.
+
+    Returns:
+        ``(recipe or None, wave_only)``; ``wave_only`` is True when the store's teacher took
+        waveforms, so it saw the shift but no masks.
+
+    Raises:
+        StoreMismatchError: ``"store"`` with a store that has no recipe, or another recipe
+            than the store's.
+    """
+    if student_aug == "none":
+        return None, False
+    stored = stored_recipe(store) if store is not None else None
+    if student_aug == "fresh":
+        return recipe or stored or Recipe(), False
+    if stored is None:
+        raise StoreMismatchError(
+            f"{store.path} has no augmentation recipe (extracted without augmentation): "
+            "student augmentation 'store' needs one; use 'fresh' or 'none'"
+        )
+    if recipe is not None and recipe != stored:
+        raise StoreMismatchError(
+            f"augmentation recipe mismatch: the store was made with {stored.to_json()}, "
+            f"this run uses {recipe.to_json()}"
+        )
+    return stored, stored_teacher_input(store) == "waveform"

@@ -1,0 +1,75 @@
+"""The store <-> training contract (ced_train.store_meta): recipe resolution, join, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from train_helpers import RECIPE, load, make_store, tiny_model, write_clips
+
+import cedstore
+from ced_train.augment import Recipe
+from ced_train.errors import CedTrainError, StoreMismatchError
+from ced_train.store_meta import check_student_fits, join, stored_recipe, training_recipe
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("meta")
+    dataset = load(write_clips(folder, 6))
+    return {"dataset": dataset,
+            "augmented": cedstore.open(make_store(folder / "aug.ced", dataset, store_epochs=1)),
+            "clean": cedstore.open(make_store(folder / "clean.ced", dataset, store_epochs=1, recipe=None))}
+
+
+def test_the_stored_recipe_is_the_extraction_recipe_as_sorted_json(stores):
+    store = stores["augmented"]
+    assert stored_recipe(store) == RECIPE
+    assert json.dumps(store.metadata["augmentation"]) == RECIPE.to_json()  # bytes as before
+    assert stored_recipe(stores["clean"]) is None
+
+
+@pytest.mark.parametrize(("store_name", "student_aug", "asked", "expected"), [
+    ("augmented", "store", None, RECIPE),
+    ("augmented", "store", RECIPE, RECIPE),
+    ("augmented", "fresh", None, RECIPE),  # the store's recipe with new seeds
+    ("augmented", "fresh", Recipe(), Recipe()),
+    ("clean", "fresh", None, Recipe()),
+    ("augmented", "none", RECIPE, None),
+])
+def test_training_recipe(stores, store_name, student_aug, asked, expected):
+    assert training_recipe(stores[store_name], student_aug, asked) == (expected, False)
+
+
+def test_training_recipe_refusals(stores):
+    with pytest.raises(StoreMismatchError, match=r"augmentation recipe mismatch: the store was made with "
+                                                 r"\{.*\"time_mask_max\": 12.*\}, this run uses "
+                                                 r"\{.*\"time_mask_max\": 192.*\}"):
+        training_recipe(stores["augmented"], "store", Recipe())
+    with pytest.raises(StoreMismatchError, match=r"clean\.ced has no augmentation recipe \(extracted without "
+                                                 r"augmentation\): student augmentation 'store' needs one; "
+                                                 r"use 'fresh' or 'none'"):
+        training_recipe(stores["clean"], "store")
+
+
+def test_join_reports_coverage_and_refuses_unknown_keys(stores):
+    store, keys = stores["augmented"], stores["dataset"].keys
+    lines = []
+    joined = join(store, keys[::-1] + ["other.wav#0-1"], allow_missing=True, log=lines.append)
+    assert joined.store_ids.tolist() == list(range(5, -1, -1))
+    assert joined.dataset_ids.tolist() == list(range(6))
+    assert lines[0].startswith("join: ") and "6 of 7 dataset keys have records; 1 missing in the store" in lines[0]
+    with pytest.raises(StoreMismatchError, match=r"1 of 7 dataset keys have no record in .*aug\.ced "
+                                                 r"\(e\.g\. \['other\.wav#0-1'\]\); allow missing keys"):
+        join(store, keys + ["other.wav#0-1"], allow_missing=False)
+    with pytest.raises(StoreMismatchError, match=r"no dataset key has a record in .*aug\.ced"):
+        join(store, ["other.wav#0-1"], allow_missing=True)
+
+
+def test_student_refusals_are_ced_train_errors(stores):
+    with pytest.raises(CedTrainError, match=r"the store has 5 classes but the student has 3"):
+        check_student_fits(stores["augmented"], tiny_model(num_classes=3))
+    check_student_fits(stores["augmented"], tiny_model(), [f"class_{i}" for i in range(5)])
+    assert np.issubdtype(join(stores["augmented"], stores["dataset"].keys, allow_missing=False).store_ids.dtype,
+                         np.integer)
