@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "barrier", "broadcast_object", "cleanup", "is_distributed", "setup"]
+__all__ = ["DistInfo", "barrier", "broadcast_object", "cleanup", "gather_object", "is_distributed", "setup"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,22 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def gather_object(obj: Any, dst: int = 0) -> list[Any]:
+    """Every rank's ``obj`` (picklable) in rank order on rank ``dst``, ``[]`` on the others;
+    ``[obj]`` without a group.
+
+    Example:
+        >>> for batch in gather_object(my_batch):  # rank 0 writes every rank's batch
+        ...     write(batch)
+    """
+    if not is_distributed():
+        return [obj]
+    rank = dist.get_rank()
+    holder = [None] * dist.get_world_size() if rank == dst else None
+    dist.gather_object(obj, holder, dst=dst)
+    return holder if rank == dst else []
 
 
 def cleanup() -> None:

@@ -23,15 +23,16 @@ into batches. Batch ``b`` always holds the same records, so its numerics do not 
 many processes run or where a run was interrupted. Under ``torchrun --nproc_per_node R`` rank
 ``r`` computes batches ``r, r+R, r+2R, ...``.
 
-**One file, disjoint records** (the distributed protocol): rank 0 creates the store (at
-``store_path.part``, renamed to ``store_path`` once complete, so a killed run never leaves a half-created
-file) or checks that the existing one was made by the same extraction; barrier; every rank
-``cedstore.resume``s the file and writes only its own records; ``close(seal=False)``; barrier;
-rank 0 resumes once more and seals (checksums) the epochs. A record is written in one store
-call whose index field is stored last, so a process killed at any moment leaves each record
-written or not; a restarted run skips every batch whose records are all written and recomputes
-the others whole. (A rank that fails leaves the others waiting at a barrier; torchrun then
-stops them all, and the same command resumes.)
+**One file, one writer** (the distributed protocol; cedstore allows one writer per file): rank 0
+creates the store (at ``store_path.part``, renamed to ``store_path`` once complete, so a killed
+run never leaves a half-created file) or checks that the existing one was made by the same
+extraction, resumes it and tells every rank which batches are done. In each round every rank
+computes its next batch and sends the teacher's outputs to rank 0, which writes them; at the
+end rank 0 seals (checksums) the epochs. A record is written in one store call whose index
+field is stored last, so a process killed at any moment leaves each record written or not; a
+restarted run skips every batch whose records are all written and recomputes the others whole.
+(A rank that fails leaves the others waiting; torchrun then stops them all, and the same
+command resumes.)
 
 The result is byte-identical to an uninterrupted single-process run on the same device with
 the same number of torch threads per process (torchrun sets ``OMP_NUM_THREADS=1``) and the
@@ -223,43 +224,54 @@ def extract(
     distributed.barrier()
 
     start = time.perf_counter()
-    writer = cedstore.resume(path)
+    writer = cedstore.resume(path) if rank == 0 else None  # one writer per file: rank 0's
     plan = ExtractionPlan(np.full(num_samples, 1) if lengths is None else lengths, store_epochs, batch_size)
-    mine = np.arange(rank, plan.num_batches, world_size)
-    todo = mine[~plan.done(np.stack([writer.written(e) for e in range(store_epochs)]))[mine]]
-    label = f"extract {Path(path).name}" + (f" rank 0/{world_size}" if world_size > 1 else "")
-    progress_line = Progress(label, int(plan.sizes[todo].sum()), "records", enabled=progress and rank == 0)
-    stats = ExtractStats(path, 0, len(todo), len(mine) - len(todo), 0.0, 0.0, 0.0, 0.0)
+    done = distributed.broadcast_object(
+        plan.done(np.stack([writer.written(e) for e in range(store_epochs)])) if rank == 0 else None)
+    assigned = [np.arange(r, plan.num_batches, world_size) for r in range(world_size)]
+    todo = [batches[~done[batches]] for batches in assigned]  # every rank's, in rounds
+    num_rounds = max(len(batches) for batches in todo)
+    label = f"extract {Path(path).name}"
+    total = int(sum(plan.sizes[batches].sum() for batches in todo))
+    progress_line = Progress(label, total, "records", enabled=progress and rank == 0)
+    stats = ExtractStats(path, 0, len(todo[rank]), len(assigned[rank]) - len(todo[rank]), 0.0, 0.0, 0.0, 0.0)
 
-    def load(b: int):
+    def load(b: int | None):
+        if b is None:  # this rank has no batch in this round
+            return None
         epoch_ids, sample_ids = plan.records(b)
         t0 = time.perf_counter()
         waves = dataset.load_batch(sample_ids)
         return epoch_ids, sample_ids, waves, time.perf_counter() - t0
 
+    mine = todo[rank].tolist() + [None] * (num_rounds - len(todo[rank]))
     try:
-        for epoch_ids, sample_ids, waves, load_seconds in prefetch(load, todo.tolist()):
-            t0 = time.perf_counter()
-            seeds = seed_for(base_seed, epoch_ids, sample_ids)
-            batch_lengths = None if lengths is None else lengths[sample_ids]
-            probs = predict(teacher, waves, seeds, lengths=batch_lengths, **predict_args)
+        for loaded in prefetch(load, mine):
+            computed = None
+            if loaded is not None:
+                epoch_ids, sample_ids, waves, load_seconds = loaded
+                t0 = time.perf_counter()
+                seeds = seed_for(base_seed, epoch_ids, sample_ids)
+                batch_lengths = None if lengths is None else lengths[sample_ids]
+                probs = predict(teacher, waves, seeds, lengths=batch_lengths, **predict_args)
+                stats.records += len(sample_ids)
+                stats.load_seconds += load_seconds
+                stats.teacher_seconds += time.perf_counter() - t0
+                computed = (epoch_ids, sample_ids, probs, seeds)
             t1 = time.perf_counter()
-            for epoch in np.unique(epoch_ids):  # a batch may straddle epochs
-                rows = epoch_ids == epoch
-                writer.write(int(epoch), sample_ids[rows], probs=probs[rows], seeds=seeds[rows])
-            t2 = time.perf_counter()
-            stats.records += len(sample_ids)
-            stats.load_seconds += load_seconds
-            stats.teacher_seconds += t1 - t0
-            stats.write_seconds += t2 - t1
-            progress_line.update(len(sample_ids))
+            for item in distributed.gather_object(computed):  # rank 0: every rank's batch
+                if item is None:
+                    continue
+                epoch_ids, sample_ids, probs, seeds = item
+                for epoch in np.unique(epoch_ids):  # a batch may straddle epochs
+                    rows = epoch_ids == epoch
+                    writer.write(int(epoch), sample_ids[rows], probs=probs[rows], seeds=seeds[rows])
+                progress_line.update(len(sample_ids))
+            stats.write_seconds += time.perf_counter() - t1
     finally:
-        writer.close(seal=world_size == 1)
-    if world_size > 1:  # every rank's records are in the file: rank 0 checksums the epochs
-        distributed.barrier()
-        if rank == 0:
-            cedstore.resume(path).close(seal=True)
-        distributed.barrier()
+        if writer is not None:
+            writer.close(seal=True)  # checksums every complete epoch
+    distributed.barrier()
     stats.seconds = time.perf_counter() - start
     progress_line.finish()
     return stats

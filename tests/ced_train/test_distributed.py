@@ -94,6 +94,7 @@ def test_setup_without_torchrun_is_one_process(monkeypatch):
     assert info == distributed.DistInfo(0, 1, 0, torch.device("cpu")) and info.is_main
     assert not distributed.is_distributed()
     assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.gather_object({"a": 1}) == [{"a": 1}]
     distributed.barrier()
     distributed.cleanup()
 
