@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ced_train.errors import CedTrainError
 from ced_train.rng import draw, uniform_int
 from ced_train.sampling import length_groups
 
@@ -119,11 +120,11 @@ class Recipe:
         for field in ("time_mask_max", "freq_mask_max"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**32:
-                raise ValueError(f"Recipe.{field}: expected an int in [1, 2**32), got {value!r}")
+                raise CedTrainError(f"Recipe.{field}: expected an int in [1, 2**32), got {value!r}")
         value = self.mask_value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isinf(value) \
                 or math.isnan(value):
-            raise ValueError(f"Recipe.mask_value: expected a finite number, got {value!r}")
+            raise CedTrainError(f"Recipe.mask_value: expected a finite number, got {value!r}")
         object.__setattr__(self, "mask_value", float(value))  # so that 0 and 0.0 compare equal
 
     def to_dict(self) -> dict:
@@ -147,11 +148,11 @@ class Recipe:
             True
         """
         if not isinstance(data, dict):
-            raise ValueError(f"augmentation recipe: expected a JSON object, got {data!r}")
+            raise CedTrainError(f"augmentation recipe: expected a JSON object, got {data!r}")
         _check_name_version(data.get("name"), data.get("version"))
         expected = {f.name for f in fields(cls)}
         if set(data) != expected:
-            raise ValueError(
+            raise CedTrainError(
                 f"augmentation recipe {RECIPE_NAME!r} version {RECIPE_VERSION}: expected fields "
                 f"{sorted(expected)}, got {sorted(data)}"
             )
@@ -176,11 +177,11 @@ class Recipe:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(
+            raise CedTrainError(
                 f"augmentation recipe: expected a JSON object, got {text!r}: {err}"
             ) from err
         if not isinstance(data, dict):
-            raise ValueError(f"augmentation recipe: expected a JSON object, got {text!r}")
+            raise CedTrainError(f"augmentation recipe: expected a JSON object, got {text!r}")
         return cls.from_dict(data)
 
     def params(self, seeds, num_samples, num_frames, num_mels) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ced_train.audio import AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, load_chunk, resampled_length
-from ced_train.errors import DataError
+from ced_train.errors import CedTrainError, DataError
 from ced_train.manifest import read_tsv
 
 __all__ = ["AudioDataset", "collate"]
@@ -100,7 +100,7 @@ class AudioDataset:
     ):
         chunk = int(round(chunk_seconds * sample_rate))
         if chunk <= 0:
-            raise ValueError(f"chunk_seconds must give at least one sample, got {chunk_seconds}")
+            raise CedTrainError(f"chunk_seconds must give at least one sample, got {chunk_seconds}")
         self.source = source
         self.sample_rate = sample_rate
         self.chunk_samples = chunk

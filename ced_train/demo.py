@@ -288,7 +288,7 @@ def _extract_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     config = job["config"]
     stats = extract(Ensemble.from_checkpoints(job["teachers"]), _dataset(job["train_tsv"], config.num_classes),
-                    job["out"], epochs=job["epochs"], k=config.top_k(), base_seed=0, recipe=job["recipe"],
+                    job["out"], store_epochs=job["epochs"], k=config.top_k(), base_seed=0, recipe=job["recipe"],
                     batch_size=64, class_names=job["class_names"], progress=False)
     return {"records": stats.records, "seconds": stats.seconds}
 

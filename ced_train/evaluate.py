@@ -18,6 +18,7 @@ import torch
 
 from .audio import SAMPLE_RATE, load_audio
 from .data import AudioDataset
+from .errors import CedTrainError
 from .labels import default_names
 from .metrics import mean_average_precision
 from .progress import Progress
@@ -79,9 +80,9 @@ def predict(model, waves, device: str | torch.device = "cpu") -> np.ndarray:
         out = out.detach().double().cpu().numpy()
     out = np.asarray(out, dtype=np.float64)
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
-        raise ValueError(f"model returned shape {out.shape}, expected [{x.shape[0]}, num_classes]")
+        raise CedTrainError(f"model returned shape {out.shape}, expected [{x.shape[0]}, num_classes]")
     if not ((out >= 0) & (out <= 1)).all():
-        raise ValueError("model returned values outside [0, 1] (or NaN): "
+        raise CedTrainError("model returned values outside [0, 1] (or NaN): "
                          "predict must give probabilities")
     return out
 
@@ -113,16 +114,16 @@ def evaluate(
         >>> print(f"mAP {evaluate(model, ds).mAP:.4f}")               # doctest: +SKIP
     """
     if dataset.labels([0]) is None:
-        raise ValueError(f"{dataset.source}: cannot evaluate without labels (no 'labels' column)")
+        raise CedTrainError(f"{dataset.source}: cannot evaluate without labels (no 'labels' column)")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise CedTrainError(f"batch_size must be positive, got {batch_size}")
     num_classes = dataset.num_classes
     scores = np.zeros((len(dataset), num_classes))
     with Progress(f"evaluate {Path(dataset.source).name}", len(dataset), "chunks", enabled=progress) as line:
         for ids in equal_length_batches(dataset.lengths, batch_size):
             probs = predict(model, dataset.load_batch(ids), device)
             if probs.shape[1] != num_classes:
-                raise ValueError(f"model has {probs.shape[1]} outputs but {dataset.source} has "
+                raise CedTrainError(f"model has {probs.shape[1]} outputs but {dataset.source} has "
                                  f"{num_classes} classes")
             scores[ids] = probs
             line.update(len(ids))
@@ -152,7 +153,7 @@ def write_per_class_csv(
     ap = np.asarray(per_class_ap, dtype=np.float64)
     names = default_names(len(ap)) if names is None else list(names)
     if len(names) != len(ap):
-        raise ValueError(f"got {len(names)} names for {len(ap)} classes")
+        raise CedTrainError(f"got {len(names)} names for {len(ap)} classes")
     path = Path(path)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
@@ -197,11 +198,11 @@ def tag(
     else:
         wave = torch.as_tensor(wave_or_path, dtype=torch.float32).cpu().numpy()
     if wave.ndim != 1 or wave.size == 0:
-        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
+        raise CedTrainError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
     wave = np.pad(wave, (0, max(0, _MIN_TAG_SAMPLES - len(wave))))
     probs = predict(model, wave[None], device)[0]
     names = default_names(len(probs)) if names is None else list(names)
     if len(names) != len(probs):
-        raise ValueError(f"got {len(names)} names for a model with {len(probs)} outputs")
+        raise CedTrainError(f"got {len(names)} names for a model with {len(probs)} outputs")
     best = np.argsort(-probs, kind="stable")[: max(0, top)]
     return [(int(i), names[i], float(probs[i])) for i in best]

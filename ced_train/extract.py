@@ -58,8 +58,9 @@ from torch import nn
 
 import cedstore
 from ced_train import distributed
-from ced_train.augment import Recipe
 from ced_train.amp import amp_dtype
+from ced_train.augment import Recipe
+from ced_train.errors import CedTrainError
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.progress import Progress
 from ced_train.rng import seed_for
@@ -97,7 +98,7 @@ def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
     if error is not None:
         raise error
     if message is not None:
-        raise ValueError(f"rank 0 could not prepare the store: {message}")
+        raise CedTrainError(f"rank 0 could not prepare the store: {message}")
 
 
 # ---- extraction ------------------------------------------------------------------------------
@@ -196,12 +197,12 @@ def extract(
         >>> stats.records_per_second
     """
     if teacher_input not in TEACHER_INPUTS:
-        raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
+        raise CedTrainError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
     if store_epochs < 1 or batch_size < 1:
-        raise ValueError(f"store_epochs and batch_size must be at least 1, got {store_epochs} and {batch_size}")
+        raise CedTrainError(f"store_epochs and batch_size must be at least 1, got {store_epochs} and {batch_size}")
     device = torch.device(device)
     if amp_dtype(amp) is not None and device.type != "cuda":
-        raise ValueError(f"amp {amp!r} needs a CUDA device, got {device}")
+        raise CedTrainError(f"amp {amp!r} needs a CUDA device, got {device}")
     path = os.fspath(store_path)
     rank = torch.distributed.get_rank() if distributed.is_distributed() else 0
     world_size = torch.distributed.get_world_size() if distributed.is_distributed() else 1

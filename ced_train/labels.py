@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from ced_train.errors import CedTrainError
+
 __all__ = ["AUDIOSET_NUM_CLASSES", "audioset_names", "default_names", "read_names", "names_sha256"]
 
 AUDIOSET_NUM_CLASSES = 527
@@ -74,7 +76,7 @@ def read_names(path: str | os.PathLike) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").rstrip("\n").split("\n")
     for i, name in enumerate(lines, start=1):
         if not name.strip():
-            raise ValueError(f"{path} line {i}: blank class name")
+            raise CedTrainError(f"{path} line {i}: blank class name")
     return lines
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-from ced_train.errors import DataError
+from ced_train.errors import CedTrainError, DataError
 
 __all__ = ["ManifestRow", "read_tsv", "write_tsv"]
 
@@ -125,13 +125,13 @@ def write_tsv(
         >>> write_tsv("train.tsv", ["a.wav", "b.wav"], [[0, 3], []])  # doctest: +SKIP
     """
     if labels is not None and len(labels) != len(filenames):
-        raise ValueError(f"got {len(filenames)} filenames but {len(labels)} label rows")
+        raise CedTrainError(f"got {len(filenames)} filenames but {len(labels)} label rows")
     path = Path(path)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write("filename" + ("\tlabels" if labels is not None else "") + "\n")
         for i, name in enumerate(filenames):
             if not name or any(c in name for c in "\t\r\n"):
-                raise ValueError(f"filename {name!r} (row {i}) is empty or holds a tab or newline")
+                raise CedTrainError(f"filename {name!r} (row {i}) is empty or holds a tab or newline")
             if labels is None:
                 fh.write(f"{name}\n")
             else:

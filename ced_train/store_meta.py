@@ -33,7 +33,7 @@ import numpy as np
 
 import cedstore
 from ced_train.augment import Recipe
-from ced_train.errors import StoreMismatchError
+from ced_train.errors import CedTrainError, StoreMismatchError
 from ced_train.frontend import FrontendConfig
 from ced_train.labels import default_names
 
@@ -76,7 +76,7 @@ def store_metadata(
     """
     names = list(class_names) if class_names is not None else default_names(num_classes)
     if len(names) != num_classes:
-        raise ValueError(f"got {len(names)} class names for a teacher with {num_classes} classes")
+        raise CedTrainError(f"got {len(names)} class names for a teacher with {num_classes} classes")
     description = getattr(teacher, "description", None)
     if description is None:
         kind = teacher if hasattr(teacher, "__qualname__") else type(teacher)  # function or object

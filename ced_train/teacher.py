@@ -23,6 +23,7 @@ from torch import nn
 
 from ced_train.amp import autocast
 from ced_train.augment import Recipe, augment_waves, augmented_logmel
+from ced_train.errors import CedTrainError
 
 __all__ = ["TEACHER_INPUTS", "Ensemble", "predict"]
 
@@ -57,10 +58,10 @@ class Ensemble(nn.Module):
     def __init__(self, models: Sequence[nn.Module], description: list | None = None) -> None:
         super().__init__()
         if not models:
-            raise ValueError("Ensemble needs at least one model")
+            raise CedTrainError("Ensemble needs at least one model")
         classes = [m.config.num_classes for m in models]
         if len(set(classes)) != 1:
-            raise ValueError(f"ensemble members must have the same number of classes, got {classes}")
+            raise CedTrainError(f"ensemble members must have the same number of classes, got {classes}")
         self.members = nn.ModuleList(models)
         self.num_classes = classes[0]
         self.description = description or [{"config": m.config.to_dict()} for m in models]
@@ -132,10 +133,10 @@ def predict(
             probs = teacher(x)
         probs = probs.float().cpu().numpy()
     if probs.ndim != 2 or probs.shape[0] != len(waves):
-        raise ValueError(f"the teacher must return (B, C) = ({len(waves)}, C) probabilities, got {probs.shape}")
+        raise CedTrainError(f"the teacher must return (B, C) = ({len(waves)}, C) probabilities, got {probs.shape}")
     if not np.all((probs >= 0) & (probs <= 1)):  # also catches NaN
         bad = probs[~((probs >= 0) & (probs <= 1))][:3]
-        raise ValueError(
+        raise CedTrainError(
             f"the teacher returned values outside [0, 1] (e.g. {bad.tolist()}): it must return "
             "probabilities, e.g. the sigmoid of logits"
         )
