@@ -252,3 +252,58 @@ def test_mel_spectrogram_custom_settings():
 
 def test_docstring_examples():
     assert doctest.testmod(ced_train.frontend).failed == 0
+
+
+# ---- sub-batches on the CPU --------------------------------------------------------------------
+
+
+def _whole_batch(frontend, waves):
+    """The frontend's modules applied to the whole batch in one call (no sub-batches)."""
+    return torch.nn.Sequential.forward(frontend, waves)
+
+
+@pytest.mark.parametrize("num_clips, step", [(5, 2), (6, 3), (7, 1), (3, 4)])
+def test_sub_batches_equal_one_call_and_per_clip_bit_for_bit(frontend, monkeypatch, num_clips, step):
+    # rows of very different level, so a floor shared across a sub-batch boundary would show
+    rng = np.random.default_rng(num_clips)
+    scales = 10.0 ** rng.uniform(-4, 3, num_clips)
+    waves = torch.from_numpy((scales[:, None] * rng.standard_normal((num_clips, 3 * SR))).astype(np.float32))
+    monkeypatch.setattr(ced_train.frontend, "SUB_BATCH_SAMPLES", step * 3 * SR)
+    out = frontend(waves)
+    assert torch.equal(out, _whole_batch(frontend, waves))
+    assert torch.equal(out, torch.cat([frontend(wave) for wave in waves]))
+
+
+def test_default_sub_batch_is_one_ten_second_clip(frontend):
+    assert ced_train.frontend.SUB_BATCH_SAMPLES == TEN_SECONDS
+    waves = torch.from_numpy(np.stack([INPUTS[k] for k in ("noise", "uniform", "tone")]).astype(np.float32))
+    assert torch.equal(frontend(waves), _whole_batch(frontend, waves))
+
+
+def test_short_clips_share_a_sub_batch_across_its_end(frontend):
+    # 4321 samples: 37 clips per sub-batch, so 40 clips are split 37 + 3
+    rng = np.random.default_rng(3)
+    waves = torch.from_numpy(rng.standard_normal((40, 4321)).astype(np.float32))
+    assert TEN_SECONDS // 4321 == 37
+    out = frontend(waves)
+    assert torch.equal(out, _whole_batch(frontend, waves))
+    assert torch.equal(out[36:38], frontend(waves[36:38]))
+
+
+def test_sub_batches_keep_gradients(frontend, monkeypatch):
+    monkeypatch.setattr(ced_train.frontend, "SUB_BATCH_SAMPLES", SR)
+    waves = torch.randn(3, SR, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    frontend(waves).sum().backward()
+    expected = waves.detach().clone().requires_grad_(True)
+    _whole_batch(frontend, expected).sum().backward()
+    assert torch.equal(waves.grad, expected.grad)
+
+
+def test_large_cpu_batch_reaches_the_stft_in_sub_batches():
+    # the regression: 16 clips in one STFT call page-faulted its buffers in afresh every call
+    frontend = log_mel_frontend()
+    seen = []
+    frontend[0].register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    frontend(torch.zeros(5, TEN_SECONDS))
+    frontend(torch.zeros(25, SR))
+    assert seen == [(1, TEN_SECONDS)] * 5 + [(10, SR), (10, SR), (5, SR)]
