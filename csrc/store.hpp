@@ -46,7 +46,7 @@ class Mapping {
     uint64_t size() const { return size_; }
     int fd() const { return fd_.fd; }
     void sync(uint64_t offset, uint64_t length) const;  // msync(MS_SYNC) of the pages covering the range
-    // FormatError unless the file (fstat, now) still has the size it had when mapped: a file
+    // FormatError unless the file (its size now) still has the size it had when mapped: a file
     // truncated under a mapping would SIGBUS on the first access past its new end.
     void check_size() const;
 
