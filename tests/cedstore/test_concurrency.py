@@ -179,17 +179,16 @@ _REWRITER = """
 """
 
 _READER = """
-    import sys, time
+    import sys
     import numpy as np
     import cedstore
     from race_versions import version
-    path, num_records, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    path, num_records = sys.argv[1], int(sys.argv[2])
     store = cedstore.open(path)
     a, b = (version(v, store.num_samples) for v in (0, 1))
     rng = np.random.default_rng()
     reads = unwritten = 0
-    deadline = time.monotonic() + seconds
-    while reads < num_records and time.monotonic() < deadline:
+    while reads < num_records:
         ids = rng.integers(0, store.num_samples, 64)
         try:
             values, indices, seeds = store.topk(0, ids)
@@ -207,10 +206,10 @@ _READER = """
 
 
 def test_rewrite_race_never_tears_a_record(tmp_path):
-    """Set CEDSTORE_RACE_RECORDS (default 2e6 per reader) and CEDSTORE_RACE_SECONDS (default
-    15) for a longer run by hand; FORMAT.md, "Rewriting a record", is the protocol under test."""
-    num_records = int(float(os.environ.get("CEDSTORE_RACE_RECORDS", 2e6)))
-    seconds = os.environ.get("CEDSTORE_RACE_SECONDS", "15")
+    """One million records read while every record is rewritten over and over (about 10 s on
+    2 cores; the code before the fix tore about 1 read in 100,000). Set CEDSTORE_RACE_RECORDS
+    (e.g. 1e8) for a longer run by hand. FORMAT.md, "Rewriting a record", is the protocol."""
+    num_records = int(float(os.environ.get("CEDSTORE_RACE_RECORDS", 1e6)))
     path, stop = str(tmp_path / "race.ced"), str(tmp_path / "stop")
     with cedstore.create(path, num_classes=32, k=20, num_samples=256) as w:
         sys.path.insert(0, TESTS_DIR)
@@ -222,13 +221,13 @@ def test_rewrite_race_never_tears_a_record(tmp_path):
                               stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert writer.stdout.readline().strip() == "ready", writer.stderr.read()
-        reader_output = run_python(_READER, path, str(num_records), seconds, timeout=float(seconds) + 60)
+        reader_output = run_python(_READER, path, str(num_records), timeout=300 + num_records / 1e4)
     finally:
         open(stop, "w").close()
         rounds, errors = writer.communicate(timeout=60)
     assert writer.returncode == 0, errors
     reads, unwritten = map(int, reader_output.split())
-    assert int(rounds) > 0 and reads > 0, (rounds, reads, unwritten)
+    assert int(rounds) > 0 and reads >= num_records, (rounds, reads, unwritten)
     cedstore.open(path).verify(require_complete=False)
 
 
