@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 import cedstore
-from ced_train.errors import StoreMismatchError
+from ced_train.amp import amp_dtype
+from ced_train.errors import CedTrainError, StoreMismatchError
 from ced_train.frontend import log_mel_frontend
 from ced_train.progress import Progress
 from ced_train.sampling import equal_length_batches
@@ -74,6 +75,8 @@ def check_store(
         True
     """
     device = torch.device(device)
+    if amp_dtype(amp) is not None and device.type != "cuda":
+        raise CedTrainError(f"amp {amp!r} needs a CUDA device, got {device}")
     with cedstore.open(store_path) as store:
         recipe, teacher_input = stored_recipe(store), stored_teacher_input(store)
         frontend_config = stored_frontend(store)

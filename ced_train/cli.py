@@ -92,7 +92,7 @@ def _run_flags(group, *, amp: bool = True, quiet: str = "no progress line") -> N
           example="--device cuda")
     if amp:
         _flag(group, "--amp", choices=("none", "bf16", "fp16"), default="none",
-              help="automatic mixed precision of the model", example="--amp bf16")
+              help="automatic mixed precision of the teacher (needs a CUDA device)", example="--amp bf16")
     _flag(group, "--threads", type=int, help="torch CPU threads per process (byte-identical extraction needs "
                                              "the same value; torchrun's default is 1)", example="--threads 4")
     _flag(group, "--quiet", action="store_true", help=quiet, example="--quiet")

@@ -54,7 +54,7 @@ __all__ = [
 
 STUDENT_AUG = ("store", "fresh", "none")
 METRICS_FIELDS = ("epoch", "step", "loss", "lr", "mAP", "seconds")
-# Fields that may change between a run and its --resume without changing the trajectory.
+# Fields that may change between a run and its resumption without changing the trajectory.
 _RESUME_FREE = {"resume", "out", "device", "verbose", "eval_every", "eval_batch_size"}
 
 

@@ -242,9 +242,11 @@ def test_a_teacher_returning_logits_is_refused(tmp_path, dataset):
                 progress=False)
 
 
-def test_amp_needs_cuda(tmp_path, dataset, teacher):
+def test_amp_needs_cuda(tmp_path, dataset, teacher, store_path):
     with pytest.raises(ValueError, match="amp 'fp16' needs a CUDA device, got cpu"):
         extract(teacher, dataset, tmp_path / "x.ced", store_epochs=1, k=2, amp="fp16", progress=False)
+    with pytest.raises(ValueError, match="amp 'bf16' needs a CUDA device, got cpu"):
+        check_store(store_path, teacher, dataset, amp="bf16")
 
 
 def _mixed_length_batch():
