@@ -45,6 +45,7 @@ class Reader:
 
     def __init__(self, path: str) -> None: ...
     path: str
+    format_version: str  # of the file: "1.0" or "1.1"
     k: int
     num_classes: int
     num_samples: int

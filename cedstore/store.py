@@ -11,7 +11,7 @@ import numpy as np
 
 from cedstore import _core
 from cedstore.errors import InvalidInputError
-from cedstore.format import EPOCH_SEALED, FORMAT_VERSION, VALUE_KINDS, decode_metadata, record_dtype
+from cedstore.format import EPOCH_SEALED, VALUE_KINDS, decode_metadata, record_dtype
 
 _VALUE_KIND_NAMES = {code: name for name, code in VALUE_KINDS.items()}
 _NUM_EXAMPLES = 5
@@ -188,7 +188,7 @@ class Store:
         records_bytes = self.num_epochs * self.num_samples * self.record_size
         return {
             "path": self.path,
-            "format_version": FORMAT_VERSION,
+            "format_version": self._core.format_version,
             "num_samples": self.num_samples,
             "num_epochs": self.num_epochs,
             "num_classes": self.num_classes,

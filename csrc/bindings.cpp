@@ -415,6 +415,9 @@ PYBIND11_MODULE(_core, m) {
     py::class_<PyReader>(m, "Reader", "Read-only memory map of a store, validated completely at open.")
         .def(py::init<const std::string&>(), py::arg("path"))
         .def_readonly("path", &PyReader::path)
+        .def_property_readonly("format_version", [](const PyReader& r) {
+            return std::to_string(r.h.version) + "." + std::to_string(r.h.version_minor);
+        })
         .def_property_readonly("k", [](const PyReader& r) { return r.h.k; })
         .def_property_readonly("num_classes", [](const PyReader& r) { return r.h.num_classes; })
         .def_property_readonly("num_samples", [](const PyReader& r) { return r.h.num_samples; })

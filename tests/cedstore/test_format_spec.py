@@ -43,6 +43,7 @@ def test_worked_example_in_format_md_is_what_the_library_writes(tmp_path):
     w.write_dense(0, [0, 1], np.array([[0.25, 0.75, 0.5], [1.0, 0.0, 1.0]], np.float32), [1, -2])
     w.close()
     assert Path(path).read_bytes() == spec_example_bytes()
+    assert cedstore.open(path).info()["format_version"] == "1.1"
     for reader in (cedstore.open(path), ReferenceReader(path)):  # the test vectors FORMAT.md lists
         targets, seeds = reader.dense(0, [0, 1])
         assert targets.tolist() == [[0.0, 0.75, 0.5], [1.0, 0.0, 1.0]] and seeds.tolist() == [1, -2]
@@ -60,6 +61,7 @@ def test_format_1_0_fixture_reads_to_known_values():
     assert core.keys == reference.keys() == ["b.wav", "a.wav", "c.wav#0-10"]
     assert core.metadata == reference.metadata == {
         "activation": "sigmoid", "tail_policy": "zero", "user": {"fixture": "v1.0"}, "writer": "cedstore 0.1.0"}
+    assert core.info()["format_version"] == "1.0"
     assert [e["sealed"] for e in core.info()["epochs"]] == [True, False]
     assert core.info()["epochs"][0]["crc32"] == "20718dfd"
     for reader in (core, reference):

@@ -48,7 +48,7 @@ def test_info(partial, run):
     result = run("info", partial)
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{partial}: cedstore format 1, probability values"
+    assert lines[0] == f"{partial}: cedstore format 1.1, probability values"
     assert lines[1] == "  samples 4, epochs 2, classes 5, k 2, record 12 bytes, keys yes"
     assert lines[2].startswith("  file 4192 bytes = records 96 + overhead 4096")
     assert lines[3].startswith("  epoch 0: 4/4 written, sealed crc32 ")
