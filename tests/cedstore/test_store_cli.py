@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cedstore_helpers import assemble, make_teacher, write_with
@@ -197,3 +199,19 @@ def test_merge_shows_progress_only_when_asked(tmp_path, capsys):
     cedstore.merge(tmp_path / "out.ced", [a, b], progress=True)
     out, err = capsys.readouterr()
     assert out == "" and re.fullmatch(r"merge: 36/36 records \(100%\), [\d,]+ records/s, ETA 0:00\n", err), err
+
+
+def test_readme_command_lines_run(tmp_path, monkeypatch, run):
+    """Every `cedstore ...` line of the README, on real files of the names it uses."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    lines = [line.partition("#")[0] for line in readme.splitlines() if line.startswith("cedstore ")]
+    assert len(lines) >= 5
+    monkeypatch.chdir(tmp_path)
+    teacher = make_teacher(2, 6, 5)
+    write_with(_core.Writer, tmp_path / "teacher.ced", teacher, 2)
+    write_with(_core.Writer, tmp_path / "shard0.ced", teacher, 2, batches=[(0, range(6)), (1, [0])])
+    write_with(_core.Writer, tmp_path / "shard1.ced", teacher, 2, batches=[(1, range(1, 6))])
+    for line in lines:
+        result = run(*shlex.split(line)[1:])
+        assert (result.returncode, result.stderr) == (0, ""), line
+        assert result.stdout, line
