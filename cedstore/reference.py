@@ -91,7 +91,9 @@ class ReferenceReader:
         start = self.header.epoch_table_offset
         return [struct.unpack_from(EPOCH_ENTRY_FORMAT, self.data, start + 8 * e) for e in range(self.num_epochs)]
 
+    @property
     def keys(self) -> list[str] | None:
+        """The key of every sample, or None: a property, as Store.keys."""
         return [key.decode("utf-8") for key in self._keys] if self.has_keys else None
 
     def lookup(self, keys: list[str]) -> np.ndarray:

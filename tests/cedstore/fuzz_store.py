@@ -306,7 +306,7 @@ def observe(reader, path: str) -> list:
         store = reader(path)
     except EXPECTED_ERRORS as e:
         return [["open", "error", type(e).__name__, str(e)]]
-    keys = store.keys() if callable(store.keys) else store.keys
+    keys = store.keys
     steps = [["open", store.k, store.num_classes, store.num_samples, store.num_epochs, store.has_keys,
               json.dumps(store.metadata, sort_keys=True), keys]]
     for epoch in range(store.num_epochs):

@@ -58,7 +58,7 @@ def test_format_1_0_fixture_reads_to_known_values():
     h = read_header(Path(path).read_bytes(), path)
     assert (h.version, h.version_minor, h.sections_crc) == (1, 0, 0)
     core, reference = cedstore.open(path), ReferenceReader(path)
-    assert core.keys == reference.keys() == ["b.wav", "a.wav", "c.wav#0-10"]
+    assert core.keys == reference.keys == ["b.wav", "a.wav", "c.wav#0-10"]
     assert core.metadata == reference.metadata == {
         "activation": "sigmoid", "tail_policy": "zero", "user": {"fixture": "v1.0"}, "writer": "cedstore 0.1.0"}
     assert core.info()["format_version"] == "1.0"
