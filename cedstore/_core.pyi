@@ -84,9 +84,10 @@ class Reader:
         """(values float32 [B, k], indices int64 [B, k], seeds int32 [B]); same errors."""
     def written(self, epoch: int) -> np.ndarray:
         """bool [N]: which records of the epoch are written."""
-    def verify(self, require_complete: bool = True) -> None:
-        """Full integrity check per FORMAT.md Notes; raises IntegrityError (or
-        UnwrittenRecordError when require_complete and a record is missing) on the first problem."""
+    def verify(self, require_complete: bool = True, epoch: int = -1) -> None:
+        """Full integrity check per FORMAT.md Notes (every epoch, or only `epoch`); raises
+        IntegrityError (or UnwrittenRecordError when require_complete and a record is missing)
+        on the first problem."""
     def close(self) -> None: ...
 
 class Writer:

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from cedstore import _core
+from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError
 from cedstore.format import EPOCH_SEALED, VALUE_KINDS, decode_metadata, record_dtype
 
@@ -169,14 +170,22 @@ class Store:
             [self._core.key(int(i)) for i in unused[:_NUM_EXAMPLES]],
         )
 
-    def verify(self, require_complete: bool = True) -> None:
+    def verify(self, require_complete: bool = True, progress: bool | None = None) -> None:
         """Check everything (header, metadata, keys, every record, sealed checksums).
+
+        Args:
+            require_complete: an unwritten record is an error.
+            progress: rate and ETA on stderr, epoch by epoch; None (default) shows them on a
+                terminal after 2 s.
 
         Raises:
             IntegrityError: the first problem found, naming epoch and sample.
             UnwrittenRecordError: a record is unwritten and `require_complete`.
         """
-        self._core.verify(require_complete)
+        with Progress("verify", self.num_epochs * self.num_samples, "records", progress) as bar:
+            for epoch in range(self.num_epochs):
+                self._core.verify(require_complete, epoch)
+                bar.update(self.num_samples)
 
     def info(self) -> dict:
         """Shape, sizes, completion and sealing per epoch, and metadata, as a JSON-ready dict."""

@@ -474,11 +474,11 @@ PYBIND11_MODULE(_core, m) {
              py::arg("out") = py::none())
         .def("decode_topk", &PyReader::decode_topk, py::arg("epoch"), py::arg("sample_ids"))
         .def("written", [](const PyReader& r, int64_t epoch) { return written(*r.get(), epoch); }, py::arg("epoch"))
-        .def("verify", [](const PyReader& r, bool require_complete) {
+        .def("verify", [](const PyReader& r, bool require_complete, int64_t epoch) {
             auto reader = r.get();
             py::gil_scoped_release release;
-            reader->verify(require_complete);
-        }, py::arg("require_complete") = true)
+            reader->verify(require_complete, epoch);
+        }, py::arg("require_complete") = true, py::arg("epoch") = -1)
         .def("close", [](PyReader& r) { r.reader.reset(); });
 
     py::class_<PyWriter>(m, "Writer", "Read-write memory map of a store being written.")

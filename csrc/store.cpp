@@ -265,11 +265,14 @@ void Reader::decode_topk(int64_t epoch, const int64_t* ids, size_t n, float* val
     });
 }
 
-void Reader::verify(bool require_complete) const {
+void Reader::verify(bool require_complete, int64_t epoch) const {
     const uint32_t k = h_.k, c = h_.num_classes;
+    if (epoch != -1) epoch_records(epoch);  // range check
+    const uint32_t first = epoch == -1 ? 0 : static_cast<uint32_t>(epoch);
+    const uint32_t end = epoch == -1 ? h_.num_epochs : first + 1;
     std::vector<uint64_t> stamp(c, 0);  // stamp[cls] == record number + 1: cls seen in this record
     uint64_t record_number = 0;
-    for (uint32_t e = 0; e < h_.num_epochs; ++e) {
+    for (uint32_t e = first; e < end; ++e) {
         const auto [state, crc] = epoch_entry(e);
         const bool sealed = state == kEpochSealed;
         const uint8_t* base = epoch_records(e);

@@ -129,8 +129,9 @@ class Reader : public Store {
                      int32_t* seeds) const;
     // Every record and every sealed epoch's CRC (FORMAT.md, Notes). IntegrityError, or
     // UnwrittenRecordError for a missing record when require_complete. Meant for a file no
-    // writer is changing: it reads the records without the rewrite protocol.
-    void verify(bool require_complete) const;
+    // writer is changing: it reads the records without the rewrite protocol. Every epoch, or
+    // only `epoch` when it is not -1 (so that a caller can report progress between epochs).
+    void verify(bool require_complete, int64_t epoch = -1) const;
     // FormatError if the file was truncated since it was opened.
     void check_size() const { map_->check_size(); }
 

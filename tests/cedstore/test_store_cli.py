@@ -215,3 +215,20 @@ def test_readme_command_lines_run(tmp_path, monkeypatch, run):
         result = run(*shlex.split(line)[1:])
         assert (result.returncode, result.stderr) == (0, ""), line
         assert result.stdout, line
+
+
+def test_verify_shows_progress_only_when_asked(tmp_path, capsys):
+    path = write_with(_core.Writer, tmp_path / "c.ced", make_teacher(3, 4, 5), 2)
+    store = cedstore.open(path)
+    store.verify()  # stderr is not a terminal here: nothing
+    assert capsys.readouterr() == ("", "")
+    store.verify(progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(r"verify: 12/12 records \(100%\), [\d,]+ records/s, ETA 0:00\n", err), err
+    partial = cedstore.open(write_with(_core.Writer, tmp_path / "p.ced", make_teacher(3, 4, 5), 2,
+                                       batches=[(0, range(4)), (2, range(4))]))
+    with pytest.raises(cedstore.UnwrittenRecordError, match=r"p\.ced: epoch 1, sample 0: record not written"):
+        partial.verify(progress=True)
+    assert capsys.readouterr().err == ""  # no final count after an error
+    with pytest.raises(IndexError, match=r"p\.ced: epoch 3 out of range \[0, 3\)"):
+        partial._core.verify(True, 3)
