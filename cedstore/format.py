@@ -178,6 +178,7 @@ def read_header(buf: bytes, path: str) -> Header:
         ("metadata_offset", h.metadata_offset == HEADER_SIZE, HEADER_SIZE),
         ("metadata_length", h.metadata_length >= 2, ">= 2"),
         ("reserved1", h.version_minor > FORMAT_MINOR_VERSION or not any(reserved), f"{len(reserved)} zero bytes"),
+        ("sizes", expected.file_size < 2**64, None),  # every offset fits a u64: no intermediate overflows
         ("keys_offset", h.keys_offset == expected.keys_offset, expected.keys_offset),
         ("epoch_table_offset", h.epoch_table_offset == expected.epoch_table_offset, expected.epoch_table_offset),
         ("epoch_table_length", h.epoch_table_length == expected.epoch_table_length, expected.epoch_table_length),
@@ -185,6 +186,8 @@ def read_header(buf: bytes, path: str) -> Header:
         ("records_length", h.records_length == expected.records_length, expected.records_length),
     ]
     for name, valid, rule in rules:
+        if not valid and name == "sizes":
+            raise FormatError(f"{path}: header sizes overflow 64 bits (the header is corrupted)")
         if not valid:
             found = bytes(reserved) if name == "reserved1" else getattr(h, name)
             raise FormatError(f"{path}: header field {name}: expected {rule}, found {found!r}")
