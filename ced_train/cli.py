@@ -240,7 +240,8 @@ def _add_train(parser) -> None:
           example="--min-lr-ratio 0.05")
     _flag(g, "--weight-decay", type=float, default=d.weight_decay, help="weight decay", example="--weight-decay 0.01")
     _flag(g, "--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-          help="adam8bit (bitsandbytes; AdamW with a warning when unavailable) or adamw", example="--optimizer adamw")
+          help="adam8bit (bitsandbytes; AdamW with a warning when unavailable), adamw, or auto (8-bit Adam "
+               "on CUDA, fused AdamW on the CPU)", example="--optimizer adamw")
     _flag(g, "--student-aug", choices=STUDENT_AUG, default_text="store, or fresh with --supervised",
           help="the student's augmentation seeds: store (the stored ones: consistent teaching), fresh (new "
                "seeds) or none", example="--student-aug fresh")
