@@ -1,6 +1,7 @@
 #include "format.hpp"
 
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "crc32.hpp"
@@ -51,15 +52,18 @@ std::string shape_problem(uint32_t k, uint32_t c, uint64_t n, uint32_t e, uint32
     return "";
 }
 
-// Python's repr of a bytes object, for messages: b'\x89PNG\r\n'.
+// Python's repr of a bytes object, for messages: b'\x89PNG\r\n', or b"it's" (double quotes
+// when there is a ' and no ").
 std::string bytes_repr(const uint8_t* p, size_t n) {
-    std::string out = "b'";
+    const bool has_single = std::memchr(p, '\'', n) != nullptr, has_double = std::memchr(p, '"', n) != nullptr;
+    const char quote = has_single && !has_double ? '"' : '\'';
+    std::string out = std::string("b") + quote;
     for (size_t i = 0; i < n; ++i) {
         const uint8_t c = p[i];
         if (c == '\t') out += "\\t";
         else if (c == '\n') out += "\\n";
         else if (c == '\r') out += "\\r";
-        else if (c == '\'' || c == '\\') out += std::string("\\") + static_cast<char>(c);
+        else if (c == quote || c == '\\') out += std::string("\\") + static_cast<char>(c);
         else if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
         else {
             char buf[8];
@@ -67,7 +71,7 @@ std::string bytes_repr(const uint8_t* p, size_t n) {
             out += buf;
         }
     }
-    return out + "'";
+    return out + quote;
 }
 
 bool all_zero(const uint8_t* p, uint64_t n) {

@@ -56,6 +56,10 @@ TABLE_OFFSET = read_header(VALID, "f").epoch_table_offset
 BAD_FILES = [
     ("empty", b"", FormatError, r"not a cedstore file: expected at least 128 bytes, found 0"),
     ("text", b"hello, world\n" * 20, FormatError, r"not a cedstore file: expected magic b'CEDSTORE', found b'hello, w'"),
+    ("magic with a quote", b"CED'TORE" + VALID[8:], FormatError,
+     r"not a cedstore file: expected magic b'CEDSTORE', found b\"CED'TORE\"$"),
+    ("magic with both quotes", b"CED'\"ORE" + VALID[8:], FormatError,
+     r"not a cedstore file: expected magic b'CEDSTORE', found b'CED\\'\"ORE'$"),
     ("npy", _npy(), FormatError, r"not a cedstore file: expected magic b'CEDSTORE', found b'\\x93NUMPY"),
     ("short header", VALID[:127], FormatError, r"not a cedstore file: expected at least 128 bytes, found 127"),
     ("newer version", assemble(METADATA_JSON, header={"version": 2}), UnsupportedVersionError,
