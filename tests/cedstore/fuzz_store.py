@@ -75,12 +75,18 @@ def write_seeds(folder: str) -> list[bytes]:
 
 # --- mutations -------------------------------------------------------------------------------
 
-_FIELDS = []  # (name, offset, struct code) of each integer header field
-_offset = 0
-for _field, (_count, _code) in zip(dataclasses.fields(F.Header), re.findall(r"(\d*)([a-zA-Z])", F.HEADER_FORMAT[1:])):
-    if _code != "s":
-        _FIELDS.append((_field.name, _offset, "<" + _code))
-    _offset += struct.calcsize("<" + (_count or "") + _code)
+def _header_fields() -> list[tuple[str, int, str]]:
+    """(name, offset, struct code) of each integer header field, from format.HEADER_FORMAT."""
+    fields, offset = [], 0
+    codes = re.findall(r"(\d*)([a-zA-Z])", F.HEADER_FORMAT[1:])
+    for field, (count, code) in zip(dataclasses.fields(F.Header), codes):
+        if code != "s":
+            fields.append((field.name, offset, "<" + code))
+        offset += struct.calcsize("<" + count + code)
+    return fields
+
+
+_FIELDS = _header_fields()
 
 
 def _header(buf) -> F.Header:

@@ -31,7 +31,7 @@ def _worker(source: str) -> list[str]:
 def test_a_dying_or_hanging_worker_is_caught_and_replaced(tmp_path):
     path = tmp_path / "x.ced"
     path.write_bytes(b"")
-    worker = Worker(str(tmp_path), timeout=1.0, command=_worker("os.abort()"))
+    worker = Worker(str(tmp_path), timeout=60.0, command=_worker("os.abort()"))
     kind, detail = worker.run(str(path))
     assert kind == "crash" and detail.startswith("exit status -6"), detail
     assert worker.run(str(path))[0] == "crash"  # a fresh worker
@@ -42,7 +42,7 @@ def test_a_dying_or_hanging_worker_is_caught_and_replaced(tmp_path):
 
 def test_findings_are_saved_with_how_to_replay(tmp_path):
     crashes = tmp_path / "crashes"
-    report = fuzz(seed=5, num_inputs=2, crashes=str(crashes), timeout=5.0, worker_command=_worker("os._exit(3)"))
+    report = fuzz(seed=5, num_inputs=2, crashes=str(crashes), timeout=60.0, worker_command=_worker("os._exit(3)"))
     assert sorted(os.listdir(crashes)) == ["crash-5-0.ced", "crash-5-0.txt", "crash-5-1.ced", "crash-5-1.txt"]
     text = (crashes / "crash-5-1.txt").read_text()
     assert text.startswith("crash: input 5:1: seed store ") and "exit status 3" in text
