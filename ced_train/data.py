@@ -32,11 +32,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ced_train.audio import AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, load_chunk, resampled_length
+from ced_train.audio import AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, load_chunk, resampled_length, scan_file
 from ced_train.errors import CedTrainError, DataError
 from ced_train.manifest import read_tsv
 
-__all__ = ["AudioDataset", "collate"]
+__all__ = ["AudioDataset", "collate", "write_skipped"]
 
 _log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class AudioDataset:
         sample_rate: int = SAMPLE_RATE,
         skip_bad: bool = False,
         cache: bool = False,
+        min_seconds: float = 0.0,
     ) -> "AudioDataset":
         """Read a TSV manifest: a header row, a ``filename`` column, an optional ``labels`` column.
 
@@ -151,8 +152,13 @@ class AudioDataset:
                 evaluation sets, which may lack the last classes).
             chunk_seconds: chunk length; see the module doc for the chunking rule.
             sample_rate: rate of the loaded waves and unit of the keys' sample ranges.
-            skip_bad: log and skip bad rows and files instead of raising; see ``skipped``.
+            skip_bad: log and skip bad rows and files instead of raising; see ``skipped``. Each
+                file is then also decoded once, block by block, so that a file corrupt in the
+                middle or holding NaN/Inf is skipped here, before the keys are fixed, and never
+                stops a run half-way.
             cache: keep decoded chunks in memory (for small datasets read many times).
+            min_seconds: refuse (or skip) files shorter than this; the command line passes
+                ``ced_train.audio.MIN_CLIP_SECONDS``, the shortest clip a CED model takes.
 
         Returns:
             The dataset, chunks in TSV row order then time order.
@@ -175,7 +181,7 @@ class AudioDataset:
             if error is None:
                 file_path = Path(name) if os.path.isabs(name) else tsv.parent / name
                 try:
-                    rate, frames = audio_info(file_path, sample_rate)
+                    rate, frames = _check_file(file_path, sample_rate, min_seconds, skip_bad)
                 except DataError as e:
                     error = f"{tsv} line {line}: {e}"
             if error is not None:
@@ -193,6 +199,7 @@ class AudioDataset:
         sample_rate: int = SAMPLE_RATE,
         skip_bad: bool = False,
         cache: bool = False,
+        min_seconds: float = 0.0,
     ) -> "AudioDataset":
         """Every ``.wav``/``.flac``/``.ogg`` file under a folder (recursive, sorted), unlabelled.
 
@@ -201,7 +208,7 @@ class AudioDataset:
 
         Args:
             path: the folder.
-            chunk_seconds, sample_rate, skip_bad, cache: as in :meth:`from_tsv`.
+            chunk_seconds, sample_rate, skip_bad, cache, min_seconds: as in :meth:`from_tsv`.
 
         Returns:
             The dataset (``labels()`` returns None, ``num_classes`` is None).
@@ -224,7 +231,7 @@ class AudioDataset:
         files, skipped = [], []
         for name, file_path in found:
             try:
-                rate, frames = audio_info(file_path, sample_rate)
+                rate, frames = _check_file(file_path, sample_rate, min_seconds, skip_bad)
             except DataError as e:
                 _bad(skip_bad, skipped, name, str(e))
                 continue
@@ -327,11 +334,18 @@ class AudioDataset:
             return self._cache[i].copy()  # a copy: callers may modify waves in place
         f = self._files[self._file_ids[i]]
         x = load_chunk(f.path, f.rate, int(self._starts[i]), int(self._ends[i]), self.sample_rate,
-                       key=self.keys[i])
+                       key=self.keys[i], num_frames=f.num_frames)
         x = np.pad(x, (0, int(self.lengths[i]) - len(x)))
         if self._cache is not None:
             self._cache[i] = x.copy()
         return x
+
+
+def _check_file(path: Path, sample_rate: int, min_seconds: float, decode: bool) -> tuple[int, int]:
+    rate, frames = audio_info(path, sample_rate, min_seconds)
+    if decode:
+        scan_file(path, rate, frames, sample_rate)
+    return rate, frames
 
 
 def _chunks(n: int, chunk: int) -> list[tuple[int, int, int]]:
@@ -350,6 +364,26 @@ def _pad_stack(waves: Sequence[np.ndarray]) -> np.ndarray:
     for row, w in enumerate(waves):
         out[row, : len(w)] = w
     return out
+
+
+def write_skipped(path: str | os.PathLike, datasets: Iterable["AudioDataset"]) -> Path | None:
+    """List every file the datasets skipped in one TSV (``source``, ``filename``, ``reason``).
+
+    Returns:
+        ``path``, or None (and nothing written) when nothing was skipped.
+
+    Example:
+        >>> write_skipped("runs/mini/skipped.tsv", [train_ds, eval_ds])  # doctest: +SKIP
+    """
+    rows = [(ds.source, name, reason) for ds in datasets for name, reason in ds.skipped]
+    if not rows:
+        return None
+    path = Path(path)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("source\tfilename\treason\n")
+        for row in rows:
+            fh.write("\t".join(" ".join(str(v).split()) for v in row) + "\n")
+    return path
 
 
 def _bad(skip_bad: bool, skipped: list, name: str, reason: str) -> None:

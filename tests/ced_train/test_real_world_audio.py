@@ -1,0 +1,78 @@
+"""Real-world data: files corrupt in the middle, non-finite audio, clips under one patch, and
+the list of skipped files (issue 13 items 3, 4, 5, 9)."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ced_train.audio import MIN_CLIP_SECONDS, load_audio
+from ced_train.data import AudioDataset, write_skipped
+from ced_train.errors import DataError
+from ced_train.manifest import write_tsv
+
+SR = 16000
+
+
+def _noise(n, seed=0):
+    return np.random.default_rng(seed).uniform(-0.5, 0.5, n).astype(np.float32)
+
+
+def _corrupt_in_the_middle(path, seconds=40):
+    """A FLAC whose header is intact and whose middle frames are garbage."""
+    sf.write(str(path), _noise(SR * seconds), SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200_000] = bytes(range(256)) * (200_000 // 256) + bytes(200_000 % 256)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _data_set(tmp_path):
+    sf.write(str(tmp_path / "good.wav"), _noise(SR), SR, subtype="FLOAT")
+    _corrupt_in_the_middle(tmp_path / "corrupt.flac")
+    nan = _noise(SR)
+    nan[100] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), nan, SR, subtype="FLOAT")
+    sf.write(str(tmp_path / "short.wav"), _noise(800), SR, subtype="FLOAT")  # 0.05 s
+    sf.write(str(tmp_path / "one.wav"), _noise(1), SR, subtype="FLOAT")
+    names = ["good.wav", "corrupt.flac", "nan.wav", "short.wav", "one.wav"]
+    return write_tsv(tmp_path / "m.tsv", names, [[0]] * len(names))
+
+
+def test_skip_bad_skips_every_bad_file_before_the_keys_are_fixed(tmp_path, caplog):
+    tsv = _data_set(tmp_path)
+    ds = AudioDataset.from_tsv(tsv, skip_bad=True, min_seconds=MIN_CLIP_SECONDS)
+    assert ds.keys == ["good.wav#0-16000"]
+    reasons = dict(ds.skipped)
+    assert sorted(reasons) == ["corrupt.flac", "nan.wav", "one.wav", "short.wav"]
+    assert "corrupt.flac: cannot decode audio" in reasons["corrupt.flac"] or \
+        "corrupt.flac: decoded" in reasons["corrupt.flac"]
+    assert f"{tmp_path / 'nan.wav'}: non-finite audio (NaN or Inf) at sample 100 of [0, 16000)" in reasons["nan.wav"]
+    assert reasons["short.wav"] == (f"{tsv} line 5: {tmp_path / 'short.wav'}: 0.050 s (800 samples at 16000 Hz) "
+                                    "is shorter than the 0.15 s minimum (16 spectrogram frames: the shortest "
+                                    "clip a CED model takes)")
+    assert "0.000 s (1 samples at 16000 Hz)" in reasons["one.wav"]
+    listed = write_skipped(tmp_path / "skipped.tsv", [ds])
+    lines = listed.read_text().splitlines()
+    assert lines[0] == "source\tfilename\treason" and len(lines) == 5
+    assert lines[1].startswith(f"{tsv}\tcorrupt.flac\t")
+    assert write_skipped(tmp_path / "none.tsv", [AudioDataset.from_tsv(write_tsv(tmp_path / "g.tsv",
+                                                                                  ["good.wav"]))]) is None
+    assert not (tmp_path / "none.tsv").exists()
+
+
+def test_without_skip_bad_the_first_bad_file_is_named(tmp_path):
+    tsv = _data_set(tmp_path)
+    with pytest.raises(DataError, match=rf"^{tsv} line 5: .*short.wav: 0.050 s \(800 samples"):
+        AudioDataset.from_tsv(tsv, min_seconds=MIN_CLIP_SECONDS)
+    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "n.tsv", ["nan.wav"]))  # headers only
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'nan.wav'}: non-finite audio"):
+        ds.load_batch([0])
+
+
+def test_load_audio_refuses_a_clip_under_the_minimum(tmp_path):
+    sf.write(str(tmp_path / "short.wav"), _noise(800), SR, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"short.wav: 0.050 s \(800 samples at 16000 Hz\) is shorter than the "
+                                        r"0.15 s minimum"):
+        load_audio(tmp_path / "short.wav", min_seconds=MIN_CLIP_SECONDS)
+    assert len(load_audio(tmp_path / "short.wav")) == 800  # the library default takes any length
