@@ -137,7 +137,7 @@ class DemoConfig:
     student_depth: int = 2
     student_heads: int = 2
     student_epochs: int = 120
-    student_lr: float = 1e-3
+    student_lr: float = 2e-3
     curve_every: int = 10
     student_seeds: tuple[int, ...] = (0, 1)
     batch_size: int = 32
@@ -549,7 +549,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     values = [t["mAP"] for t in teachers] + [results["ensemble_mAP"]] + list(results["students"].values())
     colors = ["#bdbdbd"] * len(teachers) + ["#616161"] + [_COLORS[name] for name in results["students"]]
     drawn = bars_ax.bar(labels, values, color=colors)
-    bars_ax.bar_label(drawn, fmt="%.3f", fontsize=8)
+    bars_ax.bar_label(drawn, fmt="%.3f", fontsize=8, label_type="center", color="white")
     seeds = results["student_seeds"]
     for i, name in enumerate(results["students"], start=len(teachers) + 1):
         points = results["students_per_seed"][name]
@@ -580,7 +580,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     gap_ax.bar(x + 0.2, [results["students"][n] for n in names], 0.4, color=[_COLORS[n] for n in names],
                label="eval set")
     gap_ax.set_xticks(x, names, rotation=25)
-    gap_ax.set_ylim(max(0.0, min(results["students"].values()) - 0.1), 1.0)
+    gap_ax.set_ylim(max(0.0, min(results["students"].values()) - 0.1), min(1.0, max(train_mAP) + 0.1))
     gap_ax.set_ylabel("mAP against the labels (mean of seeds)")
     gap_ax.set_title("overfitting: training clips vs eval")
     gap_ax.legend(fontsize=8, loc="upper right")
