@@ -123,6 +123,9 @@ def mutate_header(rng, buf, h):
     (current,) = struct.unpack_from(code, buf, offset)
     value = _interesting(rng, current, 8 * size)
     struct.pack_into(code, buf, offset, value)
+    if name != "header_crc" and rng.random() < 0.8:  # past the header CRC, to the field checks
+        struct.pack_into("<I", buf, 124, zlib.crc32(buf[:124]))
+        return buf, f"header {name} = {value}, header CRC recomputed"
     return buf, f"header {name} = {value}"
 
 
@@ -246,7 +249,7 @@ def mutate_length(rng, buf, h):
                 rng.randrange(len(buf))]
         length = rng.choice(cuts)
         return buf[:length], f"truncated to {length}"
-    extra = rng.choice([1, 7, 8, 4096, h.record_size])
+    extra = rng.choice([1, 7, 8, 4096, min(h.record_size, 4096)])  # the header may be mutated already
     return buf + bytes(extra), f"{extra} bytes appended"
 
 
