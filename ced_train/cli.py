@@ -87,6 +87,29 @@ def _chunk_seconds_flag(group, default=None) -> None:
           example="--chunk-seconds 10")
 
 
+def _skip_bad_flag(group) -> None:
+    _flag(group, "--skip-bad", action="store_true", example="--skip-bad",
+          help="skip bad audio files (unreadable, corrupt anywhere in the file, NaN/Inf, shorter than "
+               "0.15 s) instead of stopping; each file is then decoded once up front; skipped files are "
+               "listed on stderr (and in a skipped.tsv beside the output)")
+
+
+def _read_data(path: str, skip_bad: bool, **kwargs):
+    """The dataset of a TSV, with the command line's minimum clip length."""
+    from ced_train.audio import MIN_CLIP_SECONDS
+    from ced_train.data import AudioDataset
+
+    return AudioDataset.from_tsv(path, skip_bad=skip_bad, min_seconds=MIN_CLIP_SECONDS, **kwargs)
+
+
+def _list_skipped(path: str, datasets) -> None:
+    """Write every skipped file to ``path`` (a TSV) and say so in one line."""
+    from ced_train.data import write_skipped
+
+    if write_skipped(path, [ds for ds in datasets if ds is not None]):
+        print(f"ced-train: skipped bad files are listed in {path}", file=sys.stderr)
+
+
 def _run_flags(group, *, amp: bool = True, quiet: str = "no progress line") -> None:
     _flag(group, "--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda is the local rank's)",
           example="--device cuda")
@@ -109,8 +132,7 @@ def _add_extract(parser) -> None:
     _chunk_seconds_flag(g, default=10.0)
     _flag(g, "--class-names", metavar="FILE", help="the teacher's class names, one per line",
           default_text="AudioSet's for 527 classes, else class_0, class_1, ...", example="--class-names classes.txt")
-    _flag(g, "--skip-bad", action="store_true", help="skip unreadable audio files instead of stopping",
-          example="--skip-bad")
+    _skip_bad_flag(g)
     g = parser.add_argument_group("store")
     _flag(g, "--store", required=True, metavar="FILE", help="the store to write; an existing one made by the "
           "same extraction is resumed", example="--store teacher.ced")
@@ -131,7 +153,6 @@ def _run_extract(args) -> int:
 
     from ced_train import distributed
     from ced_train.augment import Recipe
-    from ced_train.data import AudioDataset
     from ced_train.extract import extract
     from ced_train.labels import read_names
     from ced_train.teacher import Ensemble
@@ -139,7 +160,9 @@ def _run_extract(args) -> int:
     dist_info = distributed.setup(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dataset = AudioDataset.from_tsv(args.data, chunk_seconds=args.chunk_seconds, skip_bad=args.skip_bad)
+    dataset = _read_data(args.data, args.skip_bad, chunk_seconds=args.chunk_seconds)
+    if dist_info.is_main:
+        _list_skipped(args.store + ".skipped.tsv", [dataset])
     teacher = Ensemble.from_checkpoints(args.teacher)
     names = read_names(args.class_names) if args.class_names else None
     stats = extract(
@@ -161,8 +184,7 @@ def _add_check_store(parser) -> None:
           help="the store's teacher checkpoint(s), as given to extract", example="--teacher A.pt")
     _data_flag(g, help="dataset TSV the store was extracted from (joined by key)")
     _chunk_seconds_flag(g)
-    _flag(g, "--skip-bad", action="store_true", help="skip unreadable audio files instead of stopping",
-          example="--skip-bad")
+    _skip_bad_flag(g)
     g = parser.add_argument_group("check")
     _flag(g, "--num-records", type=int, default=64, help="records to recompute", example="--num-records 256")
     _flag(g, "--seed", type=int, default=0, help="seed that picks the records", example="--seed 1")
@@ -178,7 +200,6 @@ def _run_check_store(args) -> int:
 
     import cedstore
     from ced_train.check_store import check_store, format_report
-    from ced_train.data import AudioDataset
     from ced_train.store_meta import stored_chunk_seconds
     from ced_train.teacher import Ensemble
 
@@ -188,7 +209,7 @@ def _run_check_store(args) -> int:
     if chunk_seconds is None:
         with cedstore.open(args.store) as store:
             chunk_seconds = stored_chunk_seconds(store)
-    dataset = AudioDataset.from_tsv(args.data, chunk_seconds=chunk_seconds, skip_bad=args.skip_bad)
+    dataset = _read_data(args.data, args.skip_bad, chunk_seconds=chunk_seconds)
     result = check_store(args.store, Ensemble.from_checkpoints(args.teacher), dataset, num_records=args.num_records,
                          seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
                          progress=not args.quiet)
@@ -221,6 +242,7 @@ def _add_train(parser) -> None:
     _chunk_seconds_flag(g)
     _flag(g, "--allow-missing", action="store_true", help="train on the keys the store has, skipping the others",
           example="--allow-missing")
+    _skip_bad_flag(g)
     _flag(g, "--cache", choices=("auto", "on", "off"), default="auto",
           help="keep decoded audio in memory (auto: when the dataset is at most ~2 GiB)", example="--cache on")
     g = parser.add_argument_group("model")
@@ -262,14 +284,12 @@ def _add_train(parser) -> None:
     _run_flags(g, amp=False, quiet="print nothing but errors")
 
 
-def _dataset(path: str, num_classes: int | None, chunk_seconds: float, cache: str):
-    from ced_train.data import AudioDataset
-
+def _dataset(path: str, num_classes: int | None, chunk_seconds: float, cache: str, skip_bad: bool = False):
     if cache == "auto" and os.path.isfile(path):  # (a missing TSV is from_tsv's error to report)
         with open(path, encoding="utf-8", errors="replace") as fh:
             rows = max(sum(1 for line in fh if line.strip()) - 1, 0)
         cache = "on" if rows * chunk_seconds * 16000 * 4 <= _CACHE_LIMIT_BYTES else "off"
-    return AudioDataset.from_tsv(path, num_classes=num_classes, chunk_seconds=chunk_seconds, cache=cache == "on")
+    return _read_data(path, skip_bad, num_classes=num_classes, chunk_seconds=chunk_seconds, cache=cache == "on")
 
 
 def _run_train(args) -> int:
@@ -298,11 +318,15 @@ def _run_train(args) -> int:
     )
     store = cedstore.open(args.store) if args.store else None
     chunk_seconds = args.chunk_seconds or (stored_chunk_seconds(store) if store is not None else 10.0)
-    dataset = _dataset(args.data, args.num_classes if args.supervised else None, chunk_seconds, args.cache)
+    dataset = _dataset(args.data, args.num_classes if args.supervised else None, chunk_seconds, args.cache,
+                       args.skip_bad)
     num_classes = store.num_classes if store is not None else dataset.num_classes
     if num_classes is None:
         raise CedTrainError(f"{args.data}: --supervised needs a 'labels' column")
-    eval_dataset = _dataset(args.eval_data, num_classes, chunk_seconds, args.cache) if args.eval_data else None
+    eval_dataset = _dataset(args.eval_data, num_classes, chunk_seconds, args.cache, args.skip_bad) \
+        if args.eval_data else None
+    os.makedirs(args.out, exist_ok=True)
+    _list_skipped(os.path.join(args.out, "skipped.tsv"), [dataset, eval_dataset])
     overrides = {k: v for k, v in (("embed_dim", args.embed_dim), ("depth", args.depth),
                                    ("num_heads", args.num_heads)) if v is not None}
     torch.manual_seed(args.seed)
@@ -321,6 +345,7 @@ def _add_evaluate(parser) -> None:
           "audiotransformer_*.pt); nothing is downloaded", example="--checkpoint runs/mini/best.pt")
     _data_flag(g, help="labelled TSV: 'filename' and 'labels' columns")
     _chunk_seconds_flag(g, default=10.0)
+    _skip_bad_flag(g)
     g = parser.add_argument_group("output")
     _flag(g, "--per-class-csv", metavar="FILE", help="also write index,name,ap per class here",
           example="--per-class-csv ap.csv")
@@ -335,14 +360,14 @@ def _run_evaluate(args) -> int:
     import torch
 
     from ced_train import models
-    from ced_train.data import AudioDataset
     from ced_train.evaluate import evaluate, write_per_class_csv
     from ced_train.labels import read_names
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = models.from_checkpoint(args.checkpoint)
-    dataset = AudioDataset.from_tsv(args.data, num_classes=model.config.num_classes, chunk_seconds=args.chunk_seconds)
+    dataset = _read_data(args.data, args.skip_bad, num_classes=model.config.num_classes,
+                         chunk_seconds=args.chunk_seconds)
     result = evaluate(model.to(args.device), dataset, batch_size=args.batch_size, device=args.device,
                       progress=not args.quiet)
     print(f"mAP {result.mAP:.4f} ({args.checkpoint} on {result.num_clips} chunks of {args.data})")

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, load_audio
+from .audio import MIN_CLIP_SECONDS, SAMPLE_RATE, load_audio
 from .data import AudioDataset
 from .errors import CedTrainError
 from .labels import default_names
@@ -175,7 +175,8 @@ def tag(
     Args:
         model: an ``nn.Module`` with ``predict`` or a callable (see :func:`predict`); long
             input is the model's business (CED models average over 10 s chunks).
-        wave_or_path: a path (decoded mono at 16 kHz with :func:`ced_train.data.load_audio`) or
+        wave_or_path: a path (decoded mono at 16 kHz with :func:`ced_train.audio.load_audio`,
+            in blocks; a file under ``MIN_CLIP_SECONDS`` is refused, as datasets refuse it) or
             a 1-D float waveform at 16 kHz (numpy or tensor). Input shorter than 0.25 s is
             zero-padded to 0.25 s.
         top: how many classes to return (at most the number of classes).
@@ -186,7 +187,7 @@ def tag(
         ``[(index, name, probability), ...]`` sorted by decreasing probability.
 
     Raises:
-        DataError: the file cannot be read.
+        DataError: the file cannot be read, is shorter than 0.15 s, or holds NaN or Inf.
         ValueError: the waveform is empty or not 1-D, or ``names`` has the wrong length.
 
     Example:
@@ -194,7 +195,7 @@ def tag(
         ...     print(f"{p:.3f} {name}")
     """
     if isinstance(wave_or_path, (str, os.PathLike)):
-        wave = load_audio(wave_or_path)
+        wave = load_audio(wave_or_path, min_seconds=MIN_CLIP_SECONDS)
     else:
         wave = torch.as_tensor(wave_or_path, dtype=torch.float32).cpu().numpy()
     if wave.ndim != 1 or wave.size == 0:

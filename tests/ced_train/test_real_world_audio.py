@@ -76,3 +76,59 @@ def test_load_audio_refuses_a_clip_under_the_minimum(tmp_path):
                                         r"0.15 s minimum"):
         load_audio(tmp_path / "short.wav", min_seconds=MIN_CLIP_SECONDS)
     assert len(load_audio(tmp_path / "short.wav")) == 800  # the library default takes any length
+
+
+# ---- the command line: the same --skip-bad on every command that reads data -------------------
+
+TINY = ["--arch", "ced_custom", "--embed-dim", "32", "--depth", "1", "--num-heads", "2",
+        "--batch-size", "4", "--warmup-steps", "1", "--optimizer", "adamw", "--quiet"]
+
+
+def _cli_error(capsys, argv) -> str:
+    from ced_train.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ced-train: error: "), lines
+    return lines[0]
+
+
+def test_every_command_that_reads_data_skips_the_same_bad_files(tmp_path, capsys):
+    from train_helpers import tiny_model, write_clips
+
+    from ced_train import models
+    from ced_train.cli import main
+
+    tsv = write_clips(tmp_path, 4)
+    (tmp_path / "bad").mkdir()
+    _data_set(tmp_path / "bad")
+    bad_rows = [f"bad/{name}\t0" for name in ["corrupt.flac", "nan.wav", "short.wav", "one.wav"]]
+    tsv.write_text(tsv.read_text() + "\n".join(bad_rows) + "\n")
+    teacher = tmp_path / "teacher.pt"
+    models.save_checkpoint(tiny_model(0), teacher)
+    store = tmp_path / "t.ced"
+    extract = ["extract", "--teacher", str(teacher), "--data", str(tsv), "--store-epochs", "1", "--k", "3",
+               "--store", str(store), "--batch-size", "4", "--quiet"]
+    assert "bad/short.wav: 0.050 s" in _cli_error(capsys, extract)  # without --skip-bad: the first bad header
+    assert main([*extract, "--skip-bad"]) == 0
+    skipped = (tmp_path / "t.ced.skipped.tsv").read_text().splitlines()
+    assert [line.split("\t")[1] for line in skipped[1:]] == [f"bad/{n}" for n in
+                                                            ["corrupt.flac", "nan.wav", "short.wav", "one.wav"]]
+    assert f"skipped bad files are listed in {store}.skipped.tsv" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    train = ["train", "--store", str(store), "--data", str(tsv), "--epochs", "1", "--out", str(out), *TINY]
+    assert "bad/short.wav: 0.050 s" in _cli_error(capsys, train)
+    assert main([*train, "--skip-bad", "--eval-data", str(tsv)]) == 0
+    assert (out / "skipped.tsv").read_text().count("\tbad/nan.wav\t") == 2  # train and eval data
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tsv), "--skip-bad", "--quiet"]) == 0
+    assert main(["check-store", "--store", str(store), "--teacher", str(teacher), "--data", str(tsv),
+                 "--skip-bad", "--quiet", "--num-records", "4"]) == 0
+    capsys.readouterr()
+    line = _cli_error(capsys, ["tag", str(tmp_path / "bad" / "short.wav"), "--checkpoint", str(teacher)])
+    assert line == (f"ced-train: error: {tmp_path / 'bad' / 'short.wav'}: 0.050 s (800 samples at 16000 Hz) is "
+                    "shorter than the 0.15 s minimum (16 spectrogram frames: the shortest clip a CED model takes)")
+    line = _cli_error(capsys, ["tag", str(tmp_path / "bad" / "nan.wav"), "--checkpoint", str(teacher)])
+    assert line.startswith(f"ced-train: error: {tmp_path / 'bad' / 'nan.wav'}: non-finite audio (NaN or Inf)")
