@@ -11,7 +11,11 @@ module writes that provenance at extraction and checks it everywhere a store is 
 - :func:`check_student_fits`: the student's class count, frontend and class names;
 - :func:`join`: dataset keys to store records, with the coverage report;
 - :func:`training_recipe`: which recipe (if any) the student's input gets, and whether the
-  consistent input is the waveform shift only.
+  consistent input is the waveform shift only;
+- :func:`check_written`: every record a run will read is written (an unfinished extraction is
+  refused before the first step);
+- :func:`store_identity`, :func:`dataset_sha256`: what a training run records about its store
+  and data, so that a resume on other ones is refused.
 
 Every refusal is a ``StoreMismatchError`` naming the store and both sides.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -38,15 +43,22 @@ from ced_train.frontend import FrontendConfig
 from ced_train.labels import default_names
 
 __all__ = [
-    "Joined", "check_same_extraction", "check_student_fits", "join",
-    "store_metadata", "stored_chunk_seconds", "stored_frontend", "stored_recipe", "stored_teacher_input",
-    "training_recipe",
+    "FOREIGN_RECIPES", "Joined", "check_same_extraction", "check_student_fits", "check_written", "dataset_sha256",
+    "join", "store_identity", "store_metadata", "stored_chunk_seconds", "stored_frontend", "stored_recipe",
+    "stored_teacher_input", "training_recipe",
 ]
+
+# Recipes recorded in stores this code did not extract: their stored seeds cannot be replayed.
+FOREIGN_RECIPES = {
+    "ced-original": "the original CED code's augmentation (a store imported from its logit files by "
+                    "cedstore.import_ced): its seeds drive torch's global generator, which cedaug cannot replay",
+}
 
 # ---- written at extraction -----------------------------------------------------------------
 
 
-def _dataset_sha256(dataset) -> str:
+def dataset_sha256(dataset) -> str:
+    """The dataset's identity: ``manifest_sha256()`` (keys and labels), else a SHA-256 of its keys."""
     if hasattr(dataset, "manifest_sha256"):
         return dataset.manifest_sha256()
     return hashlib.sha256("".join(k + "\n" for k in dataset.keys).encode("utf-8")).hexdigest()
@@ -88,7 +100,7 @@ def store_metadata(
         "teacher": description,
         "teacher_input": teacher_input,
         "frontend": frontend_config.to_dict(),
-        "dataset_sha256": _dataset_sha256(dataset),
+        "dataset_sha256": dataset_sha256(dataset),
         "base_seed": base_seed,
     }
     if recipe is not None:
@@ -137,10 +149,21 @@ def stored_recipe(store: cedstore.Store) -> Recipe | None:
     """The augmentation recipe in a store's metadata, or None for a store made without one.
 
     Raises:
+        StoreMismatchError: the store's recipe is a foreign one (:data:`FOREIGN_RECIPES`).
         ValueError: the metadata holds a recipe this code does not implement.
     """
     spec = store.metadata.get("augmentation")
+    foreign = _foreign_recipe(store)
+    if foreign:
+        raise StoreMismatchError(f"{store.path}: its augmentation recipe is {foreign}")
     return Recipe.from_dict(spec) if spec else None
+
+
+def _foreign_recipe(store: cedstore.Store) -> str | None:
+    """``"'name' (why it cannot be replayed)"`` for a foreign recipe, else None."""
+    spec = store.metadata.get("augmentation")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return f"{name!r} ({FOREIGN_RECIPES[name]})" if name in FOREIGN_RECIPES else None
 
 
 def stored_frontend(store: cedstore.Store) -> FrontendConfig:
@@ -251,8 +274,8 @@ def training_recipe(store: cedstore.Store | None, student_aug: str,
     Args:
         store: the teacher store (None for supervised training).
         student_aug: ``"store"`` (the stored seeds, with the store's recipe: consistent),
-            ``"fresh"`` (new seeds: ``recipe``, else the store's, else ``Recipe()``) or
-            ``"none"``.
+            ``"fresh"`` (new seeds: ``recipe``, else the store's, else ``Recipe()``; a foreign
+            recipe such as ``"ced-original"`` counts as none) or ``"none"``.
         recipe: a recipe asked for by the caller; with ``"store"`` it must equal the store's.
 
     Returns:
@@ -260,12 +283,19 @@ def training_recipe(store: cedstore.Store | None, student_aug: str,
         waveforms, so it saw the shift but no masks.
 
     Raises:
-        StoreMismatchError: ``"store"`` with a store that has no recipe, or another recipe
-            than the store's.
+        StoreMismatchError: ``"store"`` with a store that has no recipe, a foreign recipe
+            (:data:`FOREIGN_RECIPES`: its seeds cannot be replayed), or another recipe than the
+            store's.
     """
     if student_aug == "none":
         return None, False
-    stored = stored_recipe(store) if store is not None else None
+    foreign = _foreign_recipe(store) if store is not None else None
+    if foreign and student_aug == "store":
+        raise StoreMismatchError(
+            f"{store.path}: its augmentation recipe is {foreign}, so student augmentation 'store' cannot "
+            "show the student the teacher's inputs; use student augmentation 'none' or 'fresh'"
+        )
+    stored = stored_recipe(store) if store is not None and not foreign else None
     if student_aug == "fresh":
         return recipe or stored or Recipe(), False
     if stored is None:
@@ -279,3 +309,50 @@ def training_recipe(store: cedstore.Store | None, student_aug: str,
             f"this run uses {recipe.to_json()}"
         )
     return stored, stored_teacher_input(store) == "waveform"
+
+
+def check_written(store: cedstore.Store, store_ids: np.ndarray, epochs) -> None:
+    """Refuse to train from records that are not written yet (an unfinished extraction).
+
+    Args:
+        store: the teacher store.
+        store_ids: the sample ids the run reads.
+        epochs: the store epochs the run reads (0-based; repeats are fine).
+
+    Raises:
+        StoreMismatchError: naming the first incomplete epoch, the count and example keys.
+
+    Example:
+        >>> check_written(store, joined.store_ids, {e % store.num_epochs for e in range(40)})  # doctest: +SKIP
+    """
+    for epoch in sorted(set(int(e) for e in epochs)):
+        unwritten = np.flatnonzero(~store.written(epoch)[store_ids])
+        if len(unwritten):
+            keys = store.keys
+            examples = [keys[store_ids[i]] if keys else int(store_ids[i]) for i in unwritten[:3]]
+            raise StoreMismatchError(
+                f"{store.path}: epoch {epoch} of the store (0-based, of {store.num_epochs}) has "
+                f"{len(unwritten)} of the {len(store_ids)} records this run reads unwritten (e.g. {examples}): "
+                "the extraction is unfinished; run it again to complete the store before training"
+            )
+
+
+def store_identity(store: cedstore.Store) -> dict:
+    """What a training run records about its store: the path and a SHA-256 of the store's
+    shape, metadata (but the cedstore version that wrote it) and keys (through the metadata's
+    ``dataset_sha256`` when an extraction recorded it).
+
+    The records are not hashed: a store being completed by its extraction keeps its identity.
+
+    Example:
+        >>> store_identity(cedstore.open("teacher.ced"))["sha256"][:12]  # doctest: +SKIP
+        '3f2a9c0b17de'
+    """
+    described = {name: getattr(store, name) for name in ("num_classes", "k", "num_samples", "num_epochs",
+                                                          "value_kind")}
+    described["metadata"] = metadata = {key: value for key, value in store.metadata.items() if key != "writer"}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8"))
+    if "dataset_sha256" not in metadata:  # (an extraction's dataset hash covers its keys already)
+        for key in store.keys or ():
+            digest.update(key.encode("utf-8") + b"\n")
+    return {"path": os.path.abspath(store.path), "sha256": digest.hexdigest()}

@@ -38,7 +38,7 @@ import cedstore
 from ced_train import distributed
 from ced_train.amp import AMP_MODES, autocast
 from ced_train.augment import Recipe, augment_waves, augmented_logmel
-from ced_train.errors import CedTrainError
+from ced_train.errors import CedTrainError, CheckpointError
 from ced_train.frontend import log_mel_frontend
 from ced_train.mixup import mixup, mixup_loss
 from ced_train.models.checkpoint import load_checkpoint, save_checkpoint
@@ -46,7 +46,9 @@ from ced_train.optim import OPTIMIZERS, create_optimizer, get_lr
 from ced_train.progress import Progress, format_duration
 from ced_train.rng import fresh_seeds, mixup_generator
 from ced_train.sampling import batches, epoch_order, prefetch
-from ced_train.store_meta import check_student_fits, join, training_recipe
+from ced_train.store_meta import (
+    check_student_fits, check_written, dataset_sha256, join, store_identity, training_recipe,
+)
 
 __all__ = [
     "AMP_MODES", "STUDENT_AUG", "TrainConfig", "TrainResult", "student_inputs", "train",
@@ -56,6 +58,10 @@ STUDENT_AUG = ("store", "fresh", "none")
 METRICS_FIELDS = ("epoch", "step", "loss", "lr", "mAP", "seconds")
 # Fields that may change between a run and its resumption without changing the trajectory.
 _RESUME_FREE = {"resume", "out", "device", "verbose", "eval_every", "eval_batch_size"}
+# What last.pt holds besides the model (and its config): see _save_run.
+_RUN_ENTRIES = ("optimizer", "scaler", "epoch", "step", "best_mAP", "history", "train_config", "rng")
+# Steps between two checks for a non-finite loss: each check waits for the device once.
+_FINITE_CHECK_EVERY = 50
 
 
 @dataclasses.dataclass
@@ -243,9 +249,13 @@ def train(
 
     Raises:
         StoreMismatchError: the store does not fit the student or the dataset (class count,
-            frontend, label space, keys without a record unless ``allow_missing``), or
-            ``student_aug="store"`` with a store that has no recipe (``ced_train.store_meta``).
-        CedTrainError: a bad config, or resuming with other settings than the run's.
+            frontend, label space, keys without a record unless ``allow_missing``), a record
+            the run reads is not written yet, or ``student_aug="store"`` with a store that has
+            no recipe or one that cannot be replayed (``ced_train.store_meta``).
+        CedTrainError: a bad config; resuming with other settings, another store or other
+            data than the run's; a non-finite loss (naming the epoch, step and examples;
+            nothing of that epoch is saved).
+        CheckpointError: ``out/last.pt`` is not a training run's checkpoint of this model.
         FileNotFoundError: ``resume`` without ``out/last.pt``.
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
 
@@ -279,7 +289,11 @@ def train(
                       min_ratio=config.min_lr_ratio)
 
     out = Path(config.out) if config.out else None
-    run = _start_run(out, model, optimizer, scaler, config, is_main, log)
+    trained_on = _trained_on(store, dataset) if out is not None else None
+    run = _start_run(out, model, optimizer, scaler, config, trained_on, is_main, log)
+    if store is not None:  # an unfinished extraction is refused now, not after an epoch
+        check_written(store, store_ids, {e % store.num_epochs for e in range(run.epoch, config.epochs)})
+    keys = getattr(dataset, "keys", None)
     log(f"train: {len(train_ids)} examples, {steps_per_epoch} steps/epoch x {config.epochs} epochs, "
         f"{'supervised' if config.supervised else 'label-free'}, student aug {config.student_aug}, "
         f"mixup {config.mixup_alpha}, {optimizer_name}, {dist_info.world_size} process(es) on {device}")
@@ -292,6 +306,7 @@ def train(
         mix_generator = mixup_generator(config.seed, epoch)
         epoch_seeds = fresh_seeds(len(dataset), config.seed, epoch) if config.student_aug == "fresh" else None
         loss_sum, lr = torch.zeros((), device=device), lr_at(run.step)
+        window = []  # (step, ids, loss, finite rows) of the steps since the last finiteness check
 
         def load(batch: np.ndarray):  # runs one batch ahead, in a thread (decoding releases the GIL)
             ids = train_ids[batch]
@@ -314,6 +329,7 @@ def train(
                 batch_lengths = None if lengths is None else lengths[ids]
 
                 x = student_inputs(model, waves, seeds, recipe, batch_lengths, wave_only=wave_only)  # (B, F, T)
+                finite_rows = torch.isfinite(x).flatten(1).all(1) & torch.isfinite(targets).all(1)  # (B,)
                 with autocast(device, config.amp):
                     if config.mixup_alpha > 0:
                         x, lam = mixup(x, config.mixup_alpha, mix_generator)
@@ -325,8 +341,12 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 loss_sum += loss.detach()
+                window.append((run.step, ids, loss.detach(), finite_rows))
                 run.step += 1
+                if len(window) == _FINITE_CHECK_EVERY:
+                    _check_finite(window, keys, epoch, config.epochs)
                 progress.update(1)
+        _check_finite(window, keys, epoch, config.epochs)  # before anything of this epoch is saved
 
         # ---- end of epoch: mean loss, evaluation, metrics row, checkpoint
         train_loss = _mean_over_ranks(loss_sum, steps_per_epoch)
@@ -344,7 +364,8 @@ def train(
         log(f"epoch {run.epoch}/{config.epochs} step {run.step} loss {train_loss:.5f} lr {lr:.3g}"
             + ("" if mAP is None else f" mAP {mAP:.4f}") + f" {row['seconds']:.1f}s, ETA {format_duration(eta)}")
         if out is not None and is_main:
-            _save_run(out, model, optimizer, scaler, config, run, is_best=mAP is not None and mAP == run.best_mAP)
+            _save_run(out, model, optimizer, scaler, config, trained_on, run,
+                      is_best=mAP is not None and mAP == run.best_mAP)
         distributed.barrier()
     return TrainResult(run.best_mAP, run.final_mAP, run.history, run.step, optimizer_name)
 
@@ -368,6 +389,37 @@ def _examples(model, dataset, config: TrainConfig, store, class_names, log) -> t
     check_student_fits(store, model, class_names)
     joined = join(store, dataset.keys, allow_missing=config.allow_missing, log=log)
     return joined.dataset_ids, joined.store_ids
+
+
+def _check_finite(window: list, keys, epoch: int, epochs: int) -> None:
+    """Raise if a loss of ``window`` is not finite (on any process), naming the first such step
+    and the examples whose input or targets were not finite; empties ``window`` otherwise."""
+    if not window:
+        return
+    bad = ~torch.isfinite(torch.stack([loss for _, _, loss, _ in window]).float())
+    found = bad.any().float()
+    if distributed.is_distributed():  # every process stops at the same check
+        torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
+    if not found:
+        window.clear()
+        return
+    where = f"epoch {epoch + 1}/{epochs}"
+    if not bad.any():
+        raise CedTrainError(f"{where}: the training loss of another process is not finite (see its error); "
+                            "training stopped before saving this epoch")
+    step, ids, loss, finite_rows = window[int(bad.nonzero()[0])]
+    ids, finite_rows = np.asarray(ids), finite_rows.cpu().numpy()
+    name = (lambda i: keys[i]) if keys is not None else int
+    where += f", step {step + 1}: the training loss is {float(loss)}"
+    if not finite_rows.all():
+        culprits = [name(i) for i in ids[~finite_rows]]
+        raise CedTrainError(
+            f"{where}: {len(culprits)} of the batch's {len(ids)} examples have a non-finite input or targets "
+            f"({', '.join(map(str, culprits[:5]))}); training stopped before saving this epoch")
+    raise CedTrainError(
+        f"{where} although the batch's inputs and targets are finite ({', '.join(str(name(i)) for i in ids[:3])}"
+        f"{', ...' if len(ids) > 3 else ''}): training diverged; lower the learning rate or use another amp "
+        "mode. Training stopped before saving this epoch")
 
 
 def _mean_over_ranks(loss_sum: torch.Tensor, steps: int) -> float:
@@ -397,7 +449,50 @@ class _Run:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def _start_run(out: Path | None, model, optimizer, scaler, config: TrainConfig, is_main: bool, log) -> _Run:
+def _trained_on(store, dataset) -> dict:
+    """What a run trains on (recorded in its checkpoints; a resume must find the same)."""
+    source = getattr(dataset, "source", None)
+    return {"store": None if store is None else store_identity(store),
+            "data": {"path": None if source is None else os.path.abspath(source), "sha256": dataset_sha256(dataset)}}
+
+
+def _describe_input(entry: dict | None) -> str:
+    return "none" if entry is None else f"{entry.get('path')} (SHA-256 {str(entry.get('sha256'))[:12]}…)"
+
+
+def _check_resumable(path: Path, checkpoint, model, config: TrainConfig, trained_on: dict) -> None:
+    """Refuse a last.pt that is not this run's: another kind of file, model, settings or inputs."""
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        found = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path}: not a training run's checkpoint: expected the dict that training writes "
+                              f"(model, optimizer, epoch, ...), found {found}")
+    missing = [name for name in _RUN_ENTRIES if name not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: not a training run's checkpoint (a model only?): it has no "
+                              f"{', '.join(missing)}; resume needs the last.pt that training writes")
+    mine = getattr(getattr(model, "config", None), "to_dict", lambda: None)()
+    theirs = checkpoint.get("config")
+    if isinstance(mine, dict) and isinstance(theirs, dict) and mine != theirs:
+        diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(mine) | set(theirs))
+                          if theirs.get(k) != mine.get(k))
+        raise CedTrainError(f"cannot resume {path}: it trained another model ({diffs})")
+    saved = checkpoint["train_config"]
+    changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUME_FREE and saved.get(k) != v)
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+        raise CedTrainError(f"cannot resume {path}: it was trained with different settings ({diffs})")
+    before = checkpoint.get("trained_on")  # absent in runs saved before it was recorded
+    if before is not None:
+        diffs = [f"{what}: {_describe_input(before.get(what))} -> {_describe_input(trained_on[what])}"
+                 for what in ("store", "data")
+                 if (before.get(what) or {}).get("sha256") != (trained_on[what] or {}).get("sha256")]
+        if diffs:
+            raise CedTrainError(f"cannot resume {path}: it was trained on other inputs ({'; '.join(diffs)}); "
+                                "resume with the run's store and data, or start a new run in another folder")
+
+
+def _start_run(out: Path | None, model, optimizer, scaler, config: TrainConfig, trained_on: dict | None,
+               is_main: bool, log) -> _Run:
     """A fresh run (creating ``out``), or the one in ``out/last.pt`` when resuming."""
     if out is None:
         return _Run()
@@ -412,26 +507,27 @@ def _start_run(out: Path | None, model, optimizer, scaler, config: TrainConfig, 
     if not path.exists():
         raise FileNotFoundError(f"cannot resume: no checkpoint {path}")
     checkpoint = load_checkpoint(path)
-    saved = checkpoint["train_config"]
-    changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUME_FREE and saved.get(k) != v)
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-        raise CedTrainError(f"cannot resume {path}: it was trained with different settings ({diffs})")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
+    _check_resumable(path, checkpoint, model, config, trained_on)
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its state does not fit this run ({first})") from None
     log(f"resume: {path} after epoch {checkpoint['epoch']} (step {checkpoint['step']})")
     history = list(checkpoint["history"])
     return _Run(checkpoint["epoch"], checkpoint["step"], checkpoint["best_mAP"],
                 history[-1]["mAP"] if history else None, history)
 
 
-def _save_run(out: Path, model, optimizer, scaler, config: TrainConfig, run: _Run, is_best: bool) -> None:
+def _save_run(out: Path, model, optimizer, scaler, config: TrainConfig, trained_on: dict, run: _Run,
+              is_best: bool) -> None:
     """Write out/last.pt (and out/best.pt when this epoch is the best) and out/metrics.csv."""
     state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), epoch=run.epoch, step=run.step,
                  best_mAP=run.best_mAP, history=run.history, train_config=config.to_dict(),
-                 rng={"torch": torch.get_rng_state()})
+                 trained_on=trained_on, rng={"torch": torch.get_rng_state()})
     save_checkpoint(model, out / "last.pt", **state)
     if is_best:
         save_checkpoint(model, out / "best.pt", **state)

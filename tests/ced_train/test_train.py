@@ -339,3 +339,123 @@ def test_amp_modes_run(work, amp):
     """Autocast (and the fp16 GradScaler) wired in; on CPU here, on CUDA in real runs."""
     result = train(tiny_model(), work["dataset"], config(amp=amp), cedstore.open(work["store"]))
     assert math.isfinite(result.history[-1]["loss"])
+
+
+# ---- real-world failures: non-finite losses, resumes on other inputs, unfinished stores -------
+
+
+class _NaNAt:
+    """``dataset`` whose chunk ``bad`` loads as NaN (past any check at decoding)."""
+
+    def __init__(self, dataset, bad):
+        self._dataset, self.bad = dataset, bad
+
+    def load_batch(self, ids):
+        waves = self._dataset.load_batch(ids)
+        waves[np.asarray(ids) == self.bad] = np.nan
+        return waves
+
+    def __len__(self):
+        return len(self._dataset)
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+
+def test_a_non_finite_input_stops_training_before_a_checkpoint_naming_its_key(work, tmp_path):
+    dataset = _NaNAt(work["dataset"], bad=3)
+    with pytest.raises(ValueError, match=r"^epoch 1/2, step \d: the training loss is nan: 1 of the batch's 4 "
+                                         r"examples have a non-finite input or targets \(clip003\.wav#0-8000\); "
+                                         r"training stopped before saving this epoch$"):
+        train(tiny_model(), dataset, config(epochs=2, out=str(tmp_path), student_aug="none"),
+              cedstore.open(work["store"]))
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_a_diverging_model_stops_training_naming_the_step(work, tmp_path):
+    class Exploding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(64, NUM_CLASSES)
+            with torch.no_grad():
+                self.linear.weight.fill_(float("inf"))
+
+        def forward(self, logmel):
+            return self.linear(logmel.mean(-1))  # inf - inf: NaN logits
+
+    with pytest.raises(ValueError, match=r"^epoch 1/1, step 1: the training loss is nan although the batch's "
+                                         r"inputs and targets are finite \(clip\d{3}\.wav#0-8000, .*\): training "
+                                         r"diverged; lower the learning rate"):
+        train(Exploding(), work["dataset"], config(out=str(tmp_path)), cedstore.open(work["store"]))
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_resume_refuses_another_store_or_other_data_naming_them(work, tmp_path):
+    out = str(tmp_path / "run")
+    train(tiny_model(), work["dataset"], config(out=out), cedstore.open(work["store"]))
+    other = make_store(tmp_path / "other.ced", work["dataset"], store_epochs=3)  # another extraction
+    with pytest.raises(ValueError, match=r"cannot resume .*last\.pt: it was trained on other inputs \(store: "
+                                         r"\S+aug\.ced \(SHA-256 [0-9a-f]{12}…\) -> \S+other\.ced \(SHA-256 "
+                                         r"[0-9a-f]{12}…\)\); resume with the run's store and data"):
+        train(tiny_model(), work["dataset"], config(out=out, resume=True), cedstore.open(other))
+    relabelled = load(write_clips(tmp_path / "relabelled", 10, seed=1))  # the same keys, other labels
+    with pytest.raises(ValueError, match=r"other inputs \(data: \S+train0/train\.tsv \(SHA-256 [0-9a-f]{12}…\) "
+                                         r"-> \S+relabelled/train\.tsv \(SHA-256 [0-9a-f]{12}…\)\)"):
+        train(tiny_model(), relabelled, config(out=out, resume=True), cedstore.open(work["store"]))
+    moved = tmp_path / "moved.ced"  # the same store at another path is the same input
+    moved.write_bytes(Path(work["store"]).read_bytes())
+    assert train(tiny_model(), work["dataset"], config(out=out, resume=True), cedstore.open(moved)).steps == 3
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("model-only", r"last\.pt: not a training run's checkpoint \(a model only\?\): it has no optimizer, scaler, "
+                   r"epoch, step, best_mAP, history, train_config, rng; resume needs the last\.pt that training "
+                   r"writes"),
+    ("list", r"last\.pt: not a training run's checkpoint: expected the dict that training writes \(model, "
+             r"optimizer, epoch, \.\.\.\), found list"),
+    ("damaged", r"last\.pt: not a readable PyTorch checkpoint \(damaged, truncated, or another kind of file"),
+    ("another-model", r"cannot resume \S+last\.pt: it trained another model \(embed_dim: 32 -> 64\)"),
+])
+def test_resume_refuses_a_foreign_last_pt_in_one_line(work, tmp_path, content, message):
+    store = cedstore.open(work["store"])
+    path = tmp_path / "last.pt"
+    if content == "model-only":
+        models.save_checkpoint(tiny_model(), path)
+    elif content == "list":
+        torch.save([1, 2], path)
+    elif content == "damaged":
+        train(tiny_model(), work["dataset"], config(out=str(tmp_path)), store)
+        path.write_bytes(path.read_bytes()[:500])
+    else:
+        train(tiny_model(), work["dataset"], config(out=str(tmp_path)), store)
+    student = models.create("ced_custom", num_classes=NUM_CLASSES, embed_dim=64, depth=1, num_heads=2) \
+        if content == "another-model" else tiny_model()
+    with pytest.raises(ValueError, match=message) as error:
+        train(student, work["dataset"], config(out=str(tmp_path), resume=True, epochs=2), store)
+    assert "\n" not in str(error.value)
+
+
+def _partial_copy(store_path: Path, path: Path, written: dict[int, int]) -> Path:
+    """A copy of the store at ``store_path`` with only the first ``written[e]`` records of epoch e."""
+    full = cedstore.open(store_path)
+    metadata = {key: value for key, value in full.metadata.items() if key != "writer"}
+    with cedstore.create(path, num_classes=full.num_classes, k=full.k, num_samples=full.num_samples,
+                         num_epochs=full.num_epochs, keys=full.keys, metadata=metadata) as writer:
+        for epoch, count in written.items():
+            values, indices, seeds = full.topk(epoch, np.arange(count))
+            writer.write(epoch, np.arange(count), values=values, indices=indices, seeds=seeds)
+    return path
+
+
+def test_an_unfinished_store_is_refused_before_the_first_step(work, tmp_path):
+    partial = _partial_copy(work["store"], tmp_path / "partial.ced", {0: 10, 1: 6})
+    dataset = load(work["tsv"])
+    load_batch, calls = dataset.load_batch, []
+    dataset.load_batch = lambda ids: (calls.append(ids), load_batch(ids))[1]
+    with pytest.raises(ValueError, match=r"partial\.ced: epoch 1 of the store \(0-based, of 2\) has 4 of the 10 "
+                                         r"records this run reads unwritten \(e\.g\. \['clip006\.wav#0-8000', "
+                                         r"'clip007\.wav#0-8000', 'clip008\.wav#0-8000'\]\): the extraction is "
+                                         r"unfinished; run it again"):
+        train(tiny_model(), dataset, config(epochs=2), cedstore.open(partial))
+    assert calls == []  # refused before loading anything
+    assert train(tiny_model(), dataset, config(epochs=1), cedstore.open(partial)).steps == 3  # epoch 0 is complete
