@@ -73,3 +73,20 @@ def test_student_refusals_are_ced_train_errors(stores):
     check_student_fits(stores["augmented"], tiny_model(), [f"class_{i}" for i in range(5)])
     assert np.issubdtype(join(stores["augmented"], stores["dataset"].keys, allow_missing=False).store_ids.dtype,
                          np.integer)
+
+
+def test_a_store_imported_from_the_original_ced_refuses_stored_seed_augmentation(tmp_path):
+    from original_logits import imported_store
+
+    store = cedstore.open(imported_store(tmp_path, [f"clip{i:03d}.wav" for i in range(6)]))
+    assert store.metadata["augmentation"]["name"] == "ced-original"
+    with pytest.raises(StoreMismatchError, match=r"^\S+imported\.ced: its augmentation recipe is 'ced-original' "
+                                                 r"\(the original CED code's augmentation .*cannot replay\), so "
+                                                 r"student augmentation 'store' cannot show the student the "
+                                                 r"teacher's inputs; use student augmentation 'none' or 'fresh'$"):
+        training_recipe(store, "store")
+    assert training_recipe(store, "fresh") == (Recipe(), False)  # not the store's: it has none we can use
+    assert training_recipe(store, "fresh", RECIPE) == (RECIPE, False)
+    assert training_recipe(store, "none") == (None, False)
+    with pytest.raises(StoreMismatchError, match=r"imported\.ced: its augmentation recipe is 'ced-original'"):
+        stored_recipe(store)

@@ -459,3 +459,16 @@ def test_an_unfinished_store_is_refused_before_the_first_step(work, tmp_path):
         train(tiny_model(), dataset, config(epochs=2), cedstore.open(partial))
     assert calls == []  # refused before loading anything
     assert train(tiny_model(), dataset, config(epochs=1), cedstore.open(partial)).steps == 3  # epoch 0 is complete
+
+
+def test_training_from_a_store_imported_from_the_original_ced(work, tmp_path):
+    from original_logits import imported_store
+
+    store = cedstore.open(imported_store(tmp_path, [f"clip{i:03d}.wav" for i in range(10)]))
+    assert set(store.keys) == set(work["dataset"].keys)
+    with pytest.raises(ValueError, match=r"its augmentation recipe is 'ced-original' .* use student "
+                                         r"augmentation 'none' or 'fresh'"):
+        train(tiny_model(), work["dataset"], config(student_aug="store"), store)
+    for student_aug in ("fresh", "none"):
+        result = train(tiny_model(), work["dataset"], config(student_aug=student_aug, epochs=2), store)
+        assert result.steps == 6 and math.isfinite(result.history[-1]["loss"])
