@@ -174,6 +174,9 @@ def _run_extract(args) -> int:
         print(f"{args.store}: {dataset.summary()}; wrote {stats.records} records in {stats.seconds:.1f} s "
               f"({stats.records_per_second:.1f} records/s, store writes {stats.write_seconds:.2f} s), "
               f"skipped {stats.skipped_batches} finished batches", file=sys.stderr)
+    if dist_info.is_main and stats.lost_chunks:
+        print(f"ced-train: {args.store}: {stats.lost_chunks} chunks of files no longer in {args.data} stay "
+              "unwritten (the store is not sealed); train reads only the chunks it has", file=sys.stderr)
     return 0
 
 

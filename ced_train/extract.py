@@ -75,15 +75,17 @@ __all__ = ["Ensemble", "ExtractStats", "extract"]
 # ---- store -----------------------------------------------------------------------------------
 
 
-def _prepare_store(path: str, metadata: dict, shape: dict, keys: list[str]) -> None:
-    """Create the store (atomically, via ``path.part``) or check that it matches."""
+def _prepare_store(path: str, metadata: dict, shape: dict, keys: list[str]) -> np.ndarray:
+    """Create the store (atomically, via ``path.part``) or check that it matches; returns the
+    store id of each dataset chunk (see :func:`check_same_extraction` for a data set that lost
+    files)."""
     if os.path.exists(path):
-        check_same_extraction(path, metadata, shape, keys)
-        return
+        return check_same_extraction(path, metadata, shape, keys)
     part = path + ".part"
     writer = cedstore.create(part, **shape, keys=keys, metadata=metadata, overwrite=True)
     writer.close(seal=False)
     os.replace(part, path)
+    return np.arange(len(keys), dtype=np.int64)
 
 
 def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
@@ -106,7 +108,9 @@ def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
 
 @dataclass
 class ExtractStats:
-    """What one process did: records written and where the time went (seconds)."""
+    """What one process did: records written and where the time went (seconds);
+    ``lost_chunks``: the store's chunks no longer in the data set (rank 0; their records stay
+    unwritten, so their epochs are never sealed)."""
 
     path: str
     records: int
@@ -116,6 +120,7 @@ class ExtractStats:
     load_seconds: float
     teacher_seconds: float
     write_seconds: float
+    lost_chunks: int = 0
 
     @property
     def records_per_second(self) -> float:
@@ -221,21 +226,24 @@ def extract(
                           recipe=recipe, frontend_config=frontend_config, teacher_input=teacher_input,
                           class_names=class_names, extra=metadata)
     shape = dict(num_classes=num_classes, k=k, num_samples=num_samples, num_epochs=store_epochs)
-    _broadcast_error(lambda: _prepare_store(path, meta, shape, keys), rank == 0)
+    prepared = []
+    _broadcast_error(lambda: prepared.append(_prepare_store(path, meta, shape, keys)), rank == 0)
+    store_ids = distributed.broadcast_object(prepared[0] if rank == 0 else None)
     distributed.barrier()
 
     start = time.perf_counter()
     writer = cedstore.resume(path) if rank == 0 else None  # one writer per file: rank 0's
     plan = ExtractionPlan(np.full(num_samples, 1) if lengths is None else lengths, store_epochs, batch_size)
     done = distributed.broadcast_object(
-        plan.done(np.stack([writer.written(e) for e in range(store_epochs)])) if rank == 0 else None)
+        plan.done(np.stack([writer.written(e)[store_ids] for e in range(store_epochs)])) if rank == 0 else None)
     assigned = [np.arange(r, plan.num_batches, world_size) for r in range(world_size)]
     todo = [batches[~done[batches]] for batches in assigned]  # every rank's, in rounds
     num_rounds = max(len(batches) for batches in todo)
     label = f"extract {Path(path).name}"
     total = int(sum(plan.sizes[batches].sum() for batches in todo))
     progress_line = Progress(label, total, "records", enabled=progress and rank == 0)
-    stats = ExtractStats(path, 0, len(todo[rank]), len(assigned[rank]) - len(todo[rank]), 0.0, 0.0, 0.0, 0.0)
+    stats = ExtractStats(path, 0, len(todo[rank]), len(assigned[rank]) - len(todo[rank]), 0.0, 0.0, 0.0, 0.0,
+                         lost_chunks=writer.num_samples - num_samples if writer is not None else 0)
 
     def load(b: int | None):
         if b is None:  # this rank has no batch in this round
@@ -252,13 +260,13 @@ def extract(
             if loaded is not None:
                 epoch_ids, sample_ids, waves, load_seconds = loaded
                 t0 = time.perf_counter()
-                seeds = seed_for(base_seed, epoch_ids, sample_ids)
+                seeds = seed_for(base_seed, epoch_ids, store_ids[sample_ids])
                 batch_lengths = None if lengths is None else lengths[sample_ids]
                 probs = predict(teacher, waves, seeds, lengths=batch_lengths, **predict_args)
                 stats.records += len(sample_ids)
                 stats.load_seconds += load_seconds
                 stats.teacher_seconds += time.perf_counter() - t0
-                computed = (epoch_ids, sample_ids, probs, seeds)
+                computed = (epoch_ids, store_ids[sample_ids], probs, seeds)
             t1 = time.perf_counter()
             for item in distributed.gather_object(computed):  # rank 0: every rank's batch
                 if item is None:

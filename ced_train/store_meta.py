@@ -109,8 +109,14 @@ def store_metadata(
     return meta
 
 
-def check_same_extraction(path: str, metadata: dict, shape: dict, keys: list[str]) -> None:
+def check_same_extraction(path: str, metadata: dict, shape: dict, keys: list[str]) -> np.ndarray:
     """Raise unless the store at ``path`` was made by this same extraction (to resume it).
+
+    A data set that lost files since the store was created (e.g. a corrupt file now skipped by
+    ``--skip-bad``, or a row deleted from the TSV) still resumes when none of the lost chunks
+    has a record yet: the remaining chunks keep their store ids (and so their seeds); the lost
+    ones stay unwritten, so their epochs are never sealed, and training reads only the records
+    of the chunks it has.
 
     Args:
         path: the existing store.
@@ -118,28 +124,51 @@ def check_same_extraction(path: str, metadata: dict, shape: dict, keys: list[str
         shape: ``num_classes``, ``k``, ``num_samples``, ``num_epochs`` of this extraction.
         keys: the dataset's chunk keys.
 
+    Returns:
+        int64 ``[len(keys)]``: the store id of each dataset chunk.
+
     Raises:
-        StoreMismatchError: listing every difference (shape, metadata entries, keys).
+        StoreMismatchError: listing every difference (shape, metadata entries, keys, lost
+            chunks that already have records).
         cedstore.CedStoreError: the file is not a valid store.
     """
     with cedstore.open(path) as store:
         found = {name: getattr(store, name) for name in shape}
         stored = {key: value for key, value in store.metadata.items() if key != "writer"}
         stored_keys = store.keys
-    problems = [f"{name} is {found[name]} in the store, {shape[name]} in this extraction"
-                for name in shape if found[name] != shape[name]]
+        written = np.stack([store.written(e) for e in range(store.num_epochs)]).any(axis=0)
+    store_ids, problems, tolerated = _store_ids(stored_keys, keys), [], set()
+    if store_ids is not None and len(store_ids) < len(stored_keys):
+        lost = np.setdiff1d(np.arange(len(stored_keys)), store_ids)
+        if written[lost].any():
+            done = lost[written[lost]]
+            problems.append(f"the data set lost {len(lost)} of the store's chunks, and {len(done)} of them already "
+                            f"have records (e.g. {[stored_keys[i] for i in done[:3]]}): put their files back in the "
+                            "TSV to resume")
+        else:  # lost before any record was written: resume the others
+            tolerated = {"num_samples", "dataset_sha256"}
+    problems += [f"{name} is {found[name]} in the store, {shape[name]} in this extraction"
+                 for name in shape if found[name] != shape[name] and name not in tolerated]
     expected = json.loads(json.dumps(metadata))  # the JSON round trip the store went through
     for name in sorted(set(stored) | set(expected)):
-        if stored.get(name) != expected.get(name):
+        if stored.get(name) != expected.get(name) and name not in tolerated:
             problems.append(f"metadata {name!r} is {json.dumps(stored.get(name), sort_keys=True)} "
                             f"in the store, {json.dumps(expected.get(name), sort_keys=True)} in this extraction")
-    if not problems and stored_keys != keys:
+    if not problems and store_ids is None:
         problems.append("its keys differ from the dataset's chunk keys")
     if problems:
         raise StoreMismatchError(
             f"{path}: refusing to resume: the store was made by a different extraction ("
             + "; ".join(problems) + "). Use the original settings, or another store path."
         )
+    return store_ids
+
+
+def _store_ids(stored_keys: list[str], keys: list[str]) -> np.ndarray | None:
+    """The store id of each key, or None when a key is not in the store."""
+    index = {key: i for i, key in enumerate(stored_keys)}
+    ids = [index.get(key, -1) for key in keys]
+    return None if -1 in ids else np.asarray(ids, dtype=np.int64)
 
 
 # ---- read back -----------------------------------------------------------------------------

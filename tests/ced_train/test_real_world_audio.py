@@ -132,3 +132,47 @@ def test_every_command_that_reads_data_skips_the_same_bad_files(tmp_path, capsys
                     "shorter than the 0.15 s minimum (16 spectrogram frames: the shortest clip a CED model takes)")
     line = _cli_error(capsys, ["tag", str(tmp_path / "bad" / "nan.wav"), "--checkpoint", str(teacher)])
     assert line.startswith(f"ced-train: error: {tmp_path / 'bad' / 'nan.wav'}: non-finite audio (NaN or Inf)")
+
+
+def test_a_resume_survives_the_data_set_losing_files_it_never_wrote(tmp_path):
+    from train_helpers import RECIPE, load, tiny_model, write_clips
+
+    import cedstore
+    from ced_train.errors import StoreMismatchError
+    from ced_train.extract import Ensemble, extract
+    from ced_train.rng import seed_for
+
+    tsv = write_clips(tmp_path, 6)
+    teacher = Ensemble([tiny_model(0)])
+    args = dict(store_epochs=2, k=3, recipe=RECIPE, batch_size=2)
+    full = tmp_path / "full.ced"
+    extract(teacher, load(tsv), full, **args)
+    # A run that stopped after 2 of the 6 batches (clips 0-3 of epoch 0), then clip 5 is dropped.
+    part = tmp_path / "part.ced"
+    with cedstore.open(full) as done:
+        keys, (values, indices, seeds) = done.keys, done.topk(0, [0, 1, 2, 3])
+        writer = cedstore.create(part, num_classes=done.num_classes, k=3, num_samples=6, num_epochs=2,
+                                 keys=keys, metadata={k: v for k, v in done.metadata.items() if k != "writer"})
+    writer.write(0, [0, 1, 2, 3], values=values, indices=indices, seeds=seeds)
+    writer.close(seal=False)
+    rows = tsv.read_text().splitlines()
+    tsv.write_text("\n".join(rows[:6]) + "\n")  # header + clips 0-4: clip005 is gone
+    stats = extract(teacher, load(tsv), part, **args)
+    assert stats.lost_chunks == 1 and stats.records == 6  # epoch 0: clip 4; epoch 1: clips 0-4
+    with cedstore.open(part) as resumed, cedstore.open(full) as reference:
+        assert resumed.keys == keys  # the store keeps its ids; clip005's records stay unwritten
+        assert not resumed.written(0)[5] and not resumed.written(1)[5]
+        for epoch in range(2):
+            got, want = resumed.topk(epoch, range(5)), reference.topk(epoch, range(5))
+            np.testing.assert_array_equal(got[2], seed_for(0, epoch, np.arange(5)))
+            np.testing.assert_array_equal(got[2], want[2])  # the same seeds: the same augmentation
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-5)  # other batch neighbours
+
+    # A lost file whose records were written cannot be resumed without it: the message says so.
+    tsv.write_text("\n".join(rows[:1] + rows[2:6]) + "\n")  # clip000 gone too
+    with pytest.raises(StoreMismatchError, match=r"the data set lost 2 of the store's chunks, and 1 of them "
+                                                 r"already have records \(e.g. \['clip000.wav#0-8000'\]\): put "
+                                                 r"their files back in the TSV to resume"):
+        extract(teacher, load(tsv), part, **args)
+
