@@ -1,4 +1,4 @@
-"""Augmentation recipe ``cedaug`` v1 and the consistent input that teacher and student share.
+"""Augmentation recipe ``cedaug`` (v1, v2) and the consistent input that teacher and student share.
 
 Consistent teaching needs the student to see exactly what the teacher saw. The teacher's
 augmentation is therefore a pure function of (recipe, seed, input shape): every parameter is an
@@ -31,10 +31,15 @@ from ced_train.errors import CedTrainError
 from ced_train.rng import draw, uniform_int
 from ced_train.sampling import length_groups
 
-__all__ = ["RECIPE_NAME", "RECIPE_VERSION", "Recipe", "augment_waves", "augmented_logmel"]
+__all__ = ["BLANK_WARN_SHARE", "RECIPE_NAME", "RECIPE_VERSION", "RECIPE_VERSIONS", "Recipe", "augment_waves",
+           "augmented_logmel", "blanked_share"]
 
 RECIPE_NAME = "cedaug"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 1  # Recipe()'s version: the paper's mask bounds, whatever the clip length
+RECIPE_VERSIONS = (1, 2)  # 2 adds time_mask_max_percent: the time mask scales with the clip
+DEFAULT_TIME_MASK_PERCENT = 20  # v2's default: 10 s clips (1001 frames) keep v1's bound of 192
+# Extraction warns when more than this share of a store's records has every frame time-masked.
+BLANK_WARN_SHARE = 0.01
 
 # Draw j of a seed's stream feeds one parameter; the order is part of the recipe version.
 DRAW_SHIFT, DRAW_TIME_WIDTH, DRAW_TIME_START, DRAW_FREQ_WIDTH, DRAW_FREQ_START = range(5)
@@ -76,10 +81,10 @@ def _sizes(value, name: str, batch: int, upper: int = 2**32 - 1) -> np.ndarray:
 
 
 def _check_name_version(name, version) -> None:
-    if name != RECIPE_NAME or isinstance(version, bool) or version != RECIPE_VERSION:
+    if name != RECIPE_NAME or isinstance(version, bool) or version not in RECIPE_VERSIONS:
         raise ValueError(
             f"augmentation recipe {name!r} version {version!r} is not supported: "
-            f"this code implements {RECIPE_NAME!r} version {RECIPE_VERSION}"
+            f"this code implements {RECIPE_NAME!r} versions {' and '.join(map(str, RECIPE_VERSIONS))}"
         )
 
 
@@ -93,8 +98,13 @@ class Recipe:
 
     Args:
         name: must be ``"cedaug"``.
-        version: must be ``1``.
-        time_mask_max: time-mask width is drawn in [0, time_mask_max) frames.
+        version: ``1`` (the paper's fixed bounds) or ``2`` (the time-mask bound scales with the
+            clip: ``time_mask_max_percent``); a stored recipe keeps its version, so it replays
+            exactly.
+        time_mask_max: time-mask width is drawn in [0, time_mask_max) frames (v2: at most).
+        time_mask_max_percent: v2 only (default 20): the width is drawn in
+            [0, max(1, min(time_mask_max, percent · T div 100))) for a clip of T frames, so
+            short clips are never blanked whole; 10 s clips keep v1's bound.
         freq_mask_max: frequency-mask width is drawn in [0, freq_mask_max) mel bins.
         mask_value: value written into masked spectrogram cells.
 
@@ -114,9 +124,18 @@ class Recipe:
     time_mask_max: int = 192
     freq_mask_max: int = 24
     mask_value: float = 0.0
+    time_mask_max_percent: int | None = None
 
     def __post_init__(self) -> None:
         _check_name_version(self.name, self.version)
+        percent = self.time_mask_max_percent
+        if self.version == 1 and percent is not None:
+            raise CedTrainError(f"Recipe.time_mask_max_percent needs version 2, got version 1 with {percent!r}")
+        if self.version == 2:
+            percent = DEFAULT_TIME_MASK_PERCENT if percent is None else percent
+            if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+                raise CedTrainError(f"Recipe.time_mask_max_percent: expected an int in [1, 100], got {percent!r}")
+            object.__setattr__(self, "time_mask_max_percent", percent)
         for field in ("time_mask_max", "freq_mask_max"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**32:
@@ -134,7 +153,10 @@ class Recipe:
             >>> Recipe().to_dict()["name"]
             'cedaug'
         """
-        return dict(sorted(asdict(self).items()))  # sorted: the stored JSON bytes never vary
+        data = asdict(self)
+        if self.version == 1:  # v1's JSON is what v1 stores hold, field for field
+            del data["time_mask_max_percent"]
+        return dict(sorted(data.items()))  # sorted: the stored JSON bytes never vary
 
     @classmethod
     def from_dict(cls, data) -> Recipe:
@@ -150,10 +172,10 @@ class Recipe:
         if not isinstance(data, dict):
             raise CedTrainError(f"augmentation recipe: expected a JSON object, got {data!r}")
         _check_name_version(data.get("name"), data.get("version"))
-        expected = {f.name for f in fields(cls)}
+        expected = {f.name for f in fields(cls)} - ({"time_mask_max_percent"} if data["version"] == 1 else set())
         if set(data) != expected:
             raise CedTrainError(
-                f"augmentation recipe {RECIPE_NAME!r} version {RECIPE_VERSION}: expected fields "
+                f"augmentation recipe {RECIPE_NAME!r} version {data['version']}: expected fields "
                 f"{sorted(expected)}, got {sorted(data)}"
             )
         return cls(**data)
@@ -170,9 +192,9 @@ class Recipe:
             ValueError: for invalid JSON, an unknown name/version, or missing/unknown fields.
 
         Example:
-            >>> Recipe.from_json('{"name": "cedaug", "version": 2}')  # doctest: +ELLIPSIS
+            >>> Recipe.from_json('{"name": "cedaug", "version": 3}')  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            ValueError: augmentation recipe 'cedaug' version 2 is not supported: ...
+            ValueError: augmentation recipe 'cedaug' version 3 is not supported: ...
         """
         try:
             data = json.loads(text)
@@ -304,11 +326,38 @@ class Recipe:
             ("freq", num_mels, "num_mels", self.freq_mask_max, DRAW_FREQ_WIDTH, DRAW_FREQ_START),
         ):
             size = _sizes(size, size_name, len(seeds))
+            if axis == "time" and self.time_mask_max_percent is not None:  # v2
+                scaled = np.uint64(self.time_mask_max_percent) * size // np.uint64(100)
+                width_max = np.maximum(np.uint64(1), np.minimum(np.uint64(width_max), scaled))
             width = np.minimum(uniform_int(draw(seeds, draw_width), width_max), size)
             start = uniform_int(draw(seeds, draw_start), size - width + np.uint64(1))
             out[f"{axis}_start"] = start.astype(np.int64)
             out[f"{axis}_width"] = width.astype(np.int64)
         return out
+
+
+def blanked_share(recipe: Recipe, seeds, num_frames) -> float:
+    """The share of records whose time mask covers every frame (their input carries nothing
+    that depends on the clip).
+
+    Args:
+        recipe: the augmentation recipe.
+        seeds: [N] seeds of the records.
+        num_frames: an int or [N] frame counts of the records' clips.
+
+    Returns:
+        A share in [0, 1] (0 for no records).
+
+    Example:
+        >>> blanked_share(Recipe(), seed_for(0, 0, np.arange(1000)), 101)  # 1 s clips  # doctest: +SKIP
+        0.48
+    """
+    seeds = np.atleast_1d(np.asarray(seeds))
+    if not len(seeds):
+        return 0.0
+    p = recipe.params(seeds, 1, num_frames, 1)
+    frames = np.broadcast_to(np.asarray(num_frames, dtype=np.int64), seeds.shape)
+    return float(np.mean(p["time_width"] >= frames))
 
 
 # ---- the consistent input: augmentation at each chunk's own length -----------------------

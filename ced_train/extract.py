@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from torch import nn
 import cedstore
 from ced_train import distributed
 from ced_train.amp import amp_dtype
-from ced_train.augment import Recipe
+from ced_train.augment import BLANK_WARN_SHARE, Recipe, blanked_share
 from ced_train.errors import CedTrainError
 from ced_train.frontend import FrontendConfig, log_mel_frontend
 from ced_train.progress import Progress
@@ -69,6 +70,8 @@ from ced_train.store_meta import check_same_extraction, store_metadata
 from ced_train.teacher import TEACHER_INPUTS, Ensemble, predict
 
 __all__ = ["Ensemble", "ExtractStats", "extract"]
+
+_log = logging.getLogger(__name__)
 
 
 
@@ -103,6 +106,23 @@ def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
         raise CedTrainError(f"rank 0 could not prepare the store: {message}")
 
 
+def _warn_blanked(path: str, recipe: Recipe | None, teacher_input: str, base_seed: int, store_ids: np.ndarray,
+                  lengths: np.ndarray | None, num_epochs: int, hop_length: int) -> float:
+    """Log a warning when the recipe masks every frame of more than ``BLANK_WARN_SHARE`` of the
+    records (short clips under the paper's fixed bound); returns that share."""
+    if recipe is None or teacher_input != "spectrogram" or lengths is None:
+        return 0.0
+    frames = 1 + np.asarray(lengths, dtype=np.int64) // hop_length  # the frontend's T (center=True)
+    share = float(np.mean([blanked_share(recipe, seed_for(base_seed, e, store_ids), frames)
+                           for e in range(num_epochs)]))
+    if share > BLANK_WARN_SHARE:
+        _log.warning("%s: the recipe %s masks every frame of %.1f%% of the records (more than %g%%): their "
+                     "teacher outputs do not depend on the audio (short clips); recipe version 2 scales the "
+                     "time mask with the clip (extract --time-mask-percent, docs/AUGMENTATION.md)",
+                     path, recipe.to_json(), 100 * share, 100 * BLANK_WARN_SHARE)
+    return share
+
+
 # ---- extraction ------------------------------------------------------------------------------
 
 
@@ -110,7 +130,8 @@ def _broadcast_error(fn: Callable[[], None], is_main: bool) -> None:
 class ExtractStats:
     """What one process did: records written and where the time went (seconds);
     ``lost_chunks``: the store's chunks no longer in the data set (rank 0; their records stay
-    unwritten, so their epochs are never sealed)."""
+    unwritten, so their epochs are never sealed); ``blanked_share``: the share of the store's
+    records whose time mask covers every frame (rank 0; warned about above ``BLANK_WARN_SHARE``)."""
 
     path: str
     records: int
@@ -121,6 +142,7 @@ class ExtractStats:
     teacher_seconds: float
     write_seconds: float
     lost_chunks: int = 0
+    blanked_share: float = 0.0
 
     @property
     def records_per_second(self) -> float:
@@ -244,6 +266,9 @@ def extract(
     progress_line = Progress(label, total, "records", enabled=progress and rank == 0)
     stats = ExtractStats(path, 0, len(todo[rank]), len(assigned[rank]) - len(todo[rank]), 0.0, 0.0, 0.0, 0.0,
                          lost_chunks=writer.num_samples - num_samples if writer is not None else 0)
+    if rank == 0:
+        stats.blanked_share = _warn_blanked(path, recipe, teacher_input, base_seed, store_ids, lengths,
+                                            store_epochs, frontend_config.hop_length)
 
     def load(b: int | None):
         if b is None:  # this rank has no batch in this round

@@ -43,9 +43,12 @@ def ref_uniform_int(d, n):
     return ((d >> 32) * n) >> 32
 
 
-def ref_params(seed, num_samples, num_frames, num_mels, time_mask_max=192, freq_mask_max=24):
+def ref_params(seed, num_samples, num_frames, num_mels, time_mask_max=192, freq_mask_max=24,
+               time_mask_max_percent=None):
     s = seed & 0xFFFFFFFF
     h = num_samples // 2
+    if time_mask_max_percent is not None:  # v2
+        time_mask_max = max(1, min(time_mask_max, time_mask_max_percent * num_frames // 100))
     tw = min(ref_uniform_int(ref_draw(s, 1), time_mask_max), num_frames)
     fw = min(ref_uniform_int(ref_draw(s, 3), freq_mask_max), num_mels)
     return {
@@ -399,8 +402,8 @@ def _json(**changes):
     "text, message",
     [
         (_json(name="specaug"), r"augmentation recipe 'specaug' version 1 is not supported: "
-                                r"this code implements 'cedaug' version 1"),
-        (_json(version=2), r"augmentation recipe 'cedaug' version 2 is not supported"),
+                                r"this code implements 'cedaug' versions 1 and 2"),
+        (_json(version=3), r"augmentation recipe 'cedaug' version 3 is not supported"),
         (_json(version="1"), r"augmentation recipe 'cedaug' version '1' is not supported"),
         (_json(version=True), r"augmentation recipe 'cedaug' version True is not supported"),
         (_json(shift_max=0.5), r"expected fields \['freq_mask_max', 'mask_value', 'name', "
@@ -491,3 +494,56 @@ def test_seed_for_refuses(args, message):
 @pytest.mark.parametrize("module", [ced_train.augment, ced_train.rng])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
+
+
+# ---- version 2: the time mask scales with the clip (issue 13 item 2) ------------------------
+
+
+def test_v1_stores_replay_exactly_and_v2_scales_the_time_mask():
+    from ced_train.augment import blanked_share
+    from ced_train.rng import seed_for
+
+    v1_json = '{"freq_mask_max": 24, "mask_value": 0.0, "name": "cedaug", "time_mask_max": 192, "version": 1}'
+    v1 = Recipe.from_json(v1_json)  # a stored v1 recipe
+    assert v1 == Recipe() and v1.to_json() == v1_json and v1.time_mask_max_percent is None
+    seeds = seed_for(0, 0, np.arange(20_000))
+    for frames in (51, 101, 1001):  # v1 resolves to the reference rule, field for field
+        got = v1.params(seeds[:50], 8000, frames, 64)
+        want = [ref_params(int(s), 8000, frames, 64) for s in seeds[:50]]
+        for name in ("shift", "time_start", "time_width", "freq_start", "freq_width"):
+            assert got[name].tolist() == [w[name] for w in want]
+    v2 = Recipe(version=2)
+    assert v2.time_mask_max_percent == 20
+    assert Recipe.from_json(v2.to_json()) == v2 and '"time_mask_max_percent": 20' in v2.to_json()
+    # 10 s clips: v2 draws exactly v1's masks; 1 s clips: at most 20 frames, never the whole clip
+    p1, p2 = v1.params(seeds, 160_000, 1001, 64), v2.params(seeds, 160_000, 1001, 64)
+    assert all(np.array_equal(p1[k], p2[k]) for k in p1)
+    for frames in (4, 51, 101, 960, 1001, 5000):  # v2 against the reference rule
+        got = Recipe(version=2, time_mask_max_percent=37).params(seeds[:50], 8000, frames, 64)
+        want = [ref_params(int(s), 8000, frames, 64, time_mask_max_percent=37) for s in seeds[:50]]
+        for name in ("shift", "time_start", "time_width", "freq_start", "freq_width"):
+            assert got[name].tolist() == [w[name] for w in want]
+    short = v2.params(seeds, 16_000, 101, 64)
+    assert short["time_width"].max() == 19 and short["time_width"].min() == 0
+    assert (v2.params(seeds, 100, 4, 64)["time_width"] == 0).all()  # max(1, 20% of 4 = 0): no mask
+    # the issue's numbers: v1 blanks 48% of 1 s clips and 74% of 0.5 s clips; v2 none
+    assert blanked_share(v1, seeds, 101) == pytest.approx(0.476, abs=0.01)
+    assert blanked_share(v1, seeds, 51) == pytest.approx(0.735, abs=0.01)
+    assert blanked_share(v2, seeds, 51) == blanked_share(v2, seeds, 101) == blanked_share(v1, seeds, 1001) == 0.0
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"time_mask_max_percent": 20}, r"augmentation recipe 'cedaug' version 1: expected fields \['freq_mask_max', "
+                                    r"'mask_value', 'name', 'time_mask_max', 'version'\]"),
+    ({"version": 2}, r"augmentation recipe 'cedaug' version 2: expected fields \['freq_mask_max', 'mask_value', "
+                     r"'name', 'time_mask_max', 'time_mask_max_percent', 'version'\]"),
+    ({"version": 2, "time_mask_max_percent": 0}, r"Recipe.time_mask_max_percent: expected an int in \[1, 100\], got 0"),
+    ({"version": 2, "time_mask_max_percent": 101}, r"got 101"),
+    ({"version": 3}, r"augmentation recipe 'cedaug' version 3 is not supported: this code implements 'cedaug' "
+                     r"versions 1 and 2"),
+])
+def test_bad_v2_recipes(data, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict({**Recipe().to_dict(), **data})
+    with pytest.raises(ValueError, match="needs version 2, got version 1 with 20"):
+        Recipe(time_mask_max_percent=20)

@@ -176,3 +176,30 @@ def test_a_resume_survives_the_data_set_losing_files_it_never_wrote(tmp_path):
                                                  r"their files back in the TSV to resume"):
         extract(teacher, load(tsv), part, **args)
 
+
+
+def test_extraction_warns_when_the_recipe_blanks_short_clips(tmp_path, caplog):
+    from train_helpers import load, tiny_model, write_clips
+
+    import cedstore
+    from ced_train.augment import Recipe
+    from ced_train.extract import Ensemble, extract
+
+    tsv = write_clips(tmp_path, 8)  # 0.5 s: 51 frames, under v1's bound of 192
+    teacher = Ensemble([tiny_model(0)])
+    stats = extract(teacher, load(tsv), tmp_path / "v1.ced", store_epochs=4, k=3, recipe=Recipe(), batch_size=8)
+    with cedstore.open(tmp_path / "v1.ced") as store:  # the stored seeds' time masks, counted here
+        seeds = np.concatenate([store.topk(e, range(8))[2] for e in range(4)])
+    blanked = int((Recipe().params(seeds, 8000, 51, 64)["time_width"] >= 51).sum())
+    assert blanked == 25 and stats.blanked_share == blanked / 32  # the paper's bound blanks most
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == [f"{tmp_path / 'v1.ced'}: the recipe {Recipe().to_json()} masks every frame of 78.1% of the "
+                       "records (more than 1%): their teacher outputs do not depend on the audio (short clips); "
+                       "recipe version 2 scales the time mask with the clip (extract --time-mask-percent, "
+                       "docs/AUGMENTATION.md)"]
+    caplog.clear()
+    stats = extract(teacher, load(tsv), tmp_path / "v2.ced", store_epochs=4, k=3, recipe=Recipe(version=2),
+                    batch_size=8)
+    assert stats.blanked_share == 0.0 and not caplog.records
+    with cedstore.open(tmp_path / "v2.ced") as store:
+        assert store.metadata["augmentation"] == Recipe(version=2).to_dict()
