@@ -2,6 +2,10 @@
 
 import sys
 
-from ced_train.cli import main
+try:
+    from ced_train.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command starts: the same line and status as later
+    print("ced-train: error: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""The ``ced-train`` command: extract, check-store, train, evaluate, tag, demo.
+"""The ``ced-train`` command: extract, check-store, train, evaluate, tag, export-onnx, demo.
 
 Every flag of every subcommand is defined here, with one name per concept (the same word as the
 Python keyword it sets): ``--store`` is always the teacher store (written by ``extract``, read
@@ -14,9 +14,14 @@ while torch loads, is reported like any other error.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+try:
+    import argparse
+except KeyboardInterrupt:  # Ctrl-C while the command starts: the same line and status as later
+    print("ced-train: error: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 __all__ = ["EXIT_STATUS", "build_parser", "main"]
 
@@ -26,7 +31,7 @@ EXIT_STATUS = {
        "(check-store: MISMATCH), or the OS refused",
     2: "usage error: an unknown command, a missing or malformed argument",
     3: "internal error: a bug in ced_train, please report it",
-    4: "a package the command needs is missing: pip install 'cedstore[train]'",
+    4: "a package the command needs is missing: pip install 'cedstore[train]' (export-onnx: 'cedstore[onnx]')",
     130: "interrupted (Ctrl-C)",
     141: "standard output was closed early (e.g. piped into head); the usual status of a SIGPIPE",
 }
@@ -39,7 +44,8 @@ ced-train check-store --store teacher.ced --teacher A.pt --teacher B.pt --data t
 ced-train train --store teacher.ced --data train.tsv --eval-data eval.tsv --arch ced_mini --out runs/mini
 ced-train evaluate --checkpoint runs/mini/best.pt --data eval.tsv
 ced-train tag clip.wav --checkpoint runs/mini/best.pt --top 5
-ced-train demo --out demo-out"""
+ced-train demo --out demo-out
+ced-train export-onnx --checkpoint runs/mini/best.pt --out mini.onnx --quantize int8"""
 
 _EPILOG = ("exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_STATUS.items())
            + "\n\nexamples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.splitlines()))
@@ -384,7 +390,7 @@ def _add_tag(parser) -> None:
     parser.add_argument("audio", help="an audio file of any length, resampled to 16 kHz (e.g. clip.wav)")
     _flag(parser, "--checkpoint", required=True, metavar="FILE", help="a CED checkpoint (ours, or a published "
           "audiotransformer_*.pt); nothing is downloaded", example="--checkpoint runs/mini/best.pt")
-    _flag(parser, "--top", type=int, default=5, help="classes to print", example="--top 10")
+    _flag(parser, "--top", type=int, default=5, help="classes to print (at least 1)", example="--top 10")
     _flag(parser, "--class-names", metavar="FILE", help="class names, one per line",
           default_text="AudioSet's for 527 outputs, else class_0, ...", example="--class-names classes.txt")
     _flag(parser, "--device", default="cpu", help="cpu, cuda or cuda:N", example="--device cuda")
@@ -399,6 +405,35 @@ def _run_tag(args) -> int:
     names = read_names(args.class_names) if args.class_names else None
     for index, name, prob in tag(model, args.audio, top=args.top, names=names, device=args.device):
         print(f"{prob:.3f}  {name}  ({index})")
+    return 0
+
+
+def _add_export_onnx(parser) -> None:
+    _flag(parser, "--checkpoint", required=True, metavar="FILE", help="a CED checkpoint (ours, or a published "
+          "audiotransformer_*.pt); nothing is downloaded", example="--checkpoint runs/mini/best.pt")
+    _flag(parser, "--out", required=True, metavar="FILE", help="the ONNX file to write (overwritten)",
+          example="--out mini.onnx")
+    _flag(parser, "--waveform", action="store_true", help="export waveform -> probabilities with the log-mel "
+          "frontend inside, instead of log-mel -> logits", example="--waveform")
+    _flag(parser, "--quantize", choices=("int8",), help="dynamic int8 quantization of the MatMul weights",
+          default_text="none (fp32)", example="--quantize int8")
+    _flag(parser, "--class-names", metavar="FILE", help="class names for the graph's metadata, one per line",
+          default_text="AudioSet's for 527 outputs, else class_0, ...", example="--class-names classes.txt")
+
+
+def _run_export_onnx(args) -> int:
+    from ced_train.labels import read_names
+    from ced_train.onnx_export import export_onnx, read_metadata
+
+    names = read_names(args.class_names) if args.class_names else None
+    try:
+        path = export_onnx(args.checkpoint, args.out, waveform=args.waveform, quantize=args.quantize,
+                           class_names=names)
+    except ImportError as e:  # the onnx extra is not installed: its message names it
+        _fail(str(e), 4)
+    meta = read_metadata(path)
+    print(f"{path}: {meta['graph']} ({meta['quantization']}), {os.path.getsize(path) / 1e6:.2f} MB; "
+          f"input {meta['input']}", file=sys.stderr)
     return 0
 
 
@@ -420,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train": ("train a student from a store (label-free) or from labels (--supervised)", _add_train, _run_train),
         "evaluate": ("mAP of a checkpoint on a labelled TSV", _add_evaluate, _run_evaluate),
         "tag": ("top classes of an audio file", _add_tag, _run_tag),
+        "export-onnx": ("export a checkpoint to ONNX (log-mel -> logits, or --waveform)", _add_export_onnx,
+                        _run_export_onnx),
         "demo": ("the whole pipeline on bundled synthetic data (CPU, minutes)", demo.add_demo_arguments,
                  demo.run_demo),
     }

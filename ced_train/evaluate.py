@@ -179,7 +179,8 @@ def tag(
             in blocks; a file under ``MIN_CLIP_SECONDS`` is refused, as datasets refuse it) or
             a 1-D float waveform at 16 kHz (numpy or tensor). Input shorter than 0.25 s is
             zero-padded to 0.25 s.
-        top: how many classes to return (at most the number of classes).
+        top: how many classes to return, at least 1 (more than the number of classes returns
+            them all).
         names: class names; None: AudioSet names for 527 outputs, else ``class_<i>``.
         device: the model's device; inputs are moved there (the model is not moved).
 
@@ -188,12 +189,15 @@ def tag(
 
     Raises:
         DataError: the file cannot be read, is shorter than 0.15 s, or holds NaN or Inf.
-        ValueError: the waveform is empty or not 1-D, or ``names`` has the wrong length.
+        ValueError: ``top`` is below 1, the waveform is empty or not 1-D, or ``names`` has the
+            wrong length.
 
     Example:
         >>> for i, name, p in tag(model, "dog.wav"):  # doctest: +SKIP
         ...     print(f"{p:.3f} {name}")
     """
+    if top < 1:
+        raise CedTrainError(f"top must be at least 1 (the number of classes to return), got {top}")
     if isinstance(wave_or_path, (str, os.PathLike)):
         wave = load_audio(wave_or_path, min_seconds=MIN_CLIP_SECONDS)
     else:
@@ -205,5 +209,5 @@ def tag(
     names = default_names(len(probs)) if names is None else list(names)
     if len(names) != len(probs):
         raise CedTrainError(f"got {len(names)} names for a model with {len(probs)} outputs")
-    best = np.argsort(-probs, kind="stable")[: max(0, top)]
+    best = np.argsort(-probs, kind="stable")[:top]
     return [(int(i), names[i], float(probs[i])) for i in best]

@@ -199,7 +199,10 @@ def from_checkpoint(path: str | os.PathLike) -> CED:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its 'config' is not a CED model config: {e}") from None
     else:
-        config = infer_config(state)
+        try:
+            config = infer_config(state)
+        except CheckpointError as e:
+            raise CheckpointError(f"{os.fspath(path)}: {e}") from None
     model = CED(config)
     _load_strict(model, state, source=f"checkpoint {os.fspath(path)}")
     return model.eval()

@@ -87,6 +87,17 @@ def test_readme_commands_run_on_toy_data(tmp_path, monkeypatch, capsys):
     assert {"last.pt", "best.pt", "metrics.csv"} <= {p.name for p in (tmp_path / "runs" / "mini").iterdir()}
 
 
+def test_readme_interoperability_command_is_the_help_example():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("**Interoperability**"):]
+    block = section[section.index("```bash") : section.index("```", section.index("```bash") + 3)]
+    (line,) = [line for line in block.splitlines() if line.startswith("ced-train ")]
+    assert line in EXAMPLES.splitlines()
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    assert (args.checkpoint, args.out, args.quantize) == ("runs/mini/best.pt", "mini.onnx", "int8")
+    assert not args.waveform
+
+
 def test_readme_exit_status_table_is_the_commands():
     text = README.read_text(encoding="utf-8")
     section = text[text.index("## Training with ced_train"):]
@@ -324,3 +335,141 @@ def test_a_closed_stdout_is_exit_141_without_a_traceback(work, tmp_path):
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+# ---- checkpoints on every path that loads one: one line naming the file -----------------------
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory):
+    """Files that are not CED checkpoints, by kind: each must be refused in one line naming it."""
+    folder = tmp_path_factory.mktemp("bad-checkpoints")
+    models.save_checkpoint(tiny_model(), folder / "good.pt")
+    (folder / "damaged.pt").write_bytes((folder / "good.pt").read_bytes()[:300])
+    torch.save({"model": _Foreign()}, folder / "foreign.pt")
+    torch.save({"weights": {"a": torch.zeros(2)}}, folder / "unknown.pt")
+    return folder
+
+
+CHECKPOINT_ERRORS = {
+    "damaged": "not a readable PyTorch checkpoint (damaged, truncated, or another kind of file: RuntimeError)",
+    "foreign": "the checkpoint holds Python objects (test_cli._Foreign) that a safe load refuses",
+    "unknown": "cannot infer the model size: the checkpoint has no patch_embed.proj.weight",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHECKPOINT_ERRORS))
+@pytest.mark.parametrize("command", ["extract", "check-store", "evaluate", "tag", "export-onnx", "train --resume"])
+def test_a_bad_checkpoint_is_one_line_naming_it_on_every_path(work, tmp_path, capsys, bad_checkpoints, kind,
+                                                               command):
+    folder, tsv, store = work
+    path = bad_checkpoints / f"{kind}.pt"
+    argv = {
+        "extract": ["extract", "--teacher", str(bad_checkpoints / "good.pt"), "--teacher", str(path), "--data",
+                    str(tsv), "--store-epochs", "1", "--k", "3", "--store", str(tmp_path / "s.ced"), "--quiet"],
+        "check-store": ["check-store", "--store", str(store), "--teacher", str(path), "--data", str(tsv),
+                        "--quiet"],
+        "evaluate": ["evaluate", "--checkpoint", str(path), "--data", str(tsv), "--quiet"],
+        "tag": ["tag", str(folder / "clip000.wav"), "--checkpoint", str(path)],
+        "export-onnx": ["export-onnx", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")],
+        "train --resume": ["train", "--store", str(store), "--data", str(tsv), "--epochs", "1", "--out",
+                           str(tmp_path), "--resume", *TINY],
+    }[command]
+    if command == "train --resume":
+        path = tmp_path / "last.pt"
+        path.write_bytes((bad_checkpoints / f"{kind}.pt").read_bytes())
+    line = _error(capsys, argv)
+    message = CHECKPOINT_ERRORS[kind]
+    if command == "train --resume" and kind == "unknown":  # a readable dict, but not a run's last.pt
+        message = "not a training run's checkpoint: expected the dict that training writes (model, optimizer, " \
+                  "epoch, ...), found ['weights']"
+    assert line.startswith(f"ced-train: error: {path}: {message}"), line
+    assert not (tmp_path / "s.ced").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_tag_top_must_be_at_least_one(work, tmp_path, capsys):
+    folder, _, _ = work
+    models.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    line = _error(capsys, ["tag", str(folder / "clip000.wav"), "--checkpoint", str(tmp_path / "m.pt"), "--top", "0"])
+    assert line == "ced-train: error: top must be at least 1 (the number of classes to return), got 0"
+    assert main(["tag", str(folder / "clip000.wav"), "--checkpoint", str(tmp_path / "m.pt"), "--top", "99"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == NUM_CLASSES  # more than the classes: all
+
+
+def test_train_on_a_nan_clip_fails_in_one_line_without_saving(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    tsv = write_clips(tmp_path / "data", 8)
+    sf.write(str(tmp_path / "data" / "clip003.wav"), np.full(8000, np.nan, np.float32), 16000, subtype="FLOAT")
+    line = _error(capsys, ["train", "--supervised", "--data", str(tsv), "--num-classes", str(NUM_CLASSES),
+                           "--student-aug", "none", "--epochs", "2", "--out", str(tmp_path / "run"), *TINY])
+    assert "clip003.wav" in line
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# Sends a real SIGINT to the command while it imports `name` (before or after main() starts).
+SIGINT_DURING_IMPORT = (
+    "import builtins, os, runpy, signal\n"
+    "real_import = builtins.__import__\n"
+    "def interrupting(name, *args, **kwargs):\n"
+    "    if name == {name!r}:\n"
+    "        builtins.__import__ = real_import\n"
+    "        os.kill(os.getpid(), signal.SIGINT)\n"
+    "    return real_import(name, *args, **kwargs)\n"
+    "builtins.__import__ = interrupting\n"
+    "runpy.run_module('ced_train', run_name='__main__', alter_sys=True)\n"
+)
+
+
+@pytest.mark.parametrize("name", ["ced_train.cli", "argparse", "torch"])
+def test_sigint_while_the_command_starts_is_one_line_and_130(name):
+    done = _run(["tag", "x.wav", "--checkpoint", "m.pt"], code=SIGINT_DURING_IMPORT.format(name=name))
+    assert (done.returncode, done.stderr) == (130, "ced-train: error: interrupted\n")
+
+
+# ---- export-onnx ------------------------------------------------------------------------------
+
+
+def test_export_onnx_runs_in_onnxruntime(tmp_path, capsys):
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install -e '.[onnx]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
+    from ced_train.onnx_export import read_metadata
+
+    model = tiny_model()
+    models.save_checkpoint(model, tmp_path / "m.pt")
+    (tmp_path / "names.txt").write_text("".join(f"sound {i}\n" for i in range(NUM_CLASSES)))
+    reference = models.from_checkpoint(tmp_path / "m.pt")
+    logmel = torch.rand(2, 64, 300, generator=torch.Generator().manual_seed(0)) * 80 - 100
+    wave = torch.randn(2, 20_000, generator=torch.Generator().manual_seed(1)) * 0.1
+    for extra, name, inputs, expected in (
+        ([], "logmel", logmel, reference.forward_spectrogram(logmel)),
+        (["--waveform"], "waveform", wave, reference.predict(wave)),
+    ):
+        out = tmp_path / f"{name}.onnx"
+        assert main(["export-onnx", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out),
+                     "--class-names", str(tmp_path / "names.txt"), *extra]) == 0
+        (got,) = ort.InferenceSession(str(out)).run(None, {name: inputs.numpy()})
+        torch.testing.assert_close(torch.from_numpy(got), expected.detach(), atol=1e-4, rtol=0)
+        assert read_metadata(out)["class_names"] == [f"sound {i}" for i in range(NUM_CLASSES)]
+        assert capsys.readouterr().err.startswith(f"{out}: ")
+    int8 = tmp_path / "int8.onnx"
+    assert main(["export-onnx", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(int8), "--quantize", "int8"]) == 0
+    assert read_metadata(int8)["quantization"] == "int8"
+    (got,) = ort.InferenceSession(str(int8)).run(None, {"logmel": logmel.numpy()})
+    assert got.shape == (2, NUM_CLASSES) and np_isfinite(got)
+
+
+def np_isfinite(array) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(array).all())
+
+
+def test_export_onnx_without_the_onnx_extra_is_exit_4(tmp_path):
+    models.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    code = "import sys\nsys.modules['onnxscript'] = None\nfrom ced_train.cli import main\nsys.exit(main())\n"
+    done = _run(["export-onnx", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")], code=code)
+    assert done.returncode == 4
+    assert done.stderr.startswith("ced-train: error: ONNX export needs the package 'onnxscript'")
+    assert "pip install 'cedstore[onnx]'" in done.stderr and len(done.stderr.splitlines()) == 1
