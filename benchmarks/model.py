@@ -149,13 +149,25 @@ def _no_autocast():
     return torch.autocast("cpu", enabled=False)
 
 
-def bench_amp_accuracy(args) -> dict:
-    """Supervised short runs on synthetic data, fp32 vs bf16, same seeds: eval mAP of each."""
+def bench_amp_accuracy(args, save) -> dict:
+    """Supervised short runs on synthetic data, fp32 vs bf16, same seeds: eval mAP of each.
+
+    ``save(report)`` is called after every run, so a long sweep that is stopped keeps its runs.
+    """
     from ced_train.data import AudioDataset  # noqa: PLC0415  (only this part needs them)
     from ced_train.synth import make_dataset  # noqa: PLC0415
     from ced_train.train import TrainConfig, train  # noqa: PLC0415
 
     runs = []
+    setup = (f"ced_custom dim 64 depth 2, 14 synthetic classes, {args.acc_train_clips} train / "
+             f"{args.acc_eval_clips} eval clips of 0.96 s, {args.acc_epochs} epochs, batch 32, lr 2e-3, "
+             "supervised, fresh augmentation, fused AdamW")
+
+    def report() -> dict:
+        done = {amp: [r["final_mAP"] for r in runs if r["amp"] == amp] for amp in ("none", "bf16")}
+        return {"setup": setup, "runs": runs,
+                "mean_final_mAP": {amp: statistics.mean(v) for amp, v in done.items() if v}}
+
     with tempfile.TemporaryDirectory() as tmp:
         train_tsv, eval_tsv, _ = make_dataset(tmp, args.acc_train_clips, args.acc_eval_clips, seconds=0.96,
                                               num_classes=14, seed=0)
@@ -175,14 +187,8 @@ def bench_amp_accuracy(args) -> dict:
                              "optimizer": result.optimizer, "seconds": time.perf_counter() - start})
                 print(f"amp-accuracy seed {seed} amp {amp}: mAP {result.final_mAP:.4f} "
                       f"({runs[-1]['seconds']:.0f} s)", flush=True)
-    return {
-        "setup": (f"ced_custom dim 64 depth 2, 14 synthetic classes, {args.acc_train_clips} train / "
-                  f"{args.acc_eval_clips} eval clips of 0.96 s, {args.acc_epochs} epochs, batch 32, lr 2e-3, "
-                  "supervised, fresh augmentation, fused AdamW"),
-        "runs": runs,
-        "mean_final_mAP": {amp: statistics.mean(r["final_mAP"] for r in runs if r["amp"] == amp)
-                           for amp in ("none", "bf16")},
-    }
+                save(report())
+    return report()
 
 
 def _write(path: Path, report: dict) -> None:
@@ -229,8 +235,8 @@ def main() -> None:
             _write(path, {"benchmark": f"CED training step on CPU, {title}", **common,
                           "load_average_1min": [load, os.getloadavg()[0]], "results": results})
     if "amp-accuracy" in args.parts:
-        _write(RESULTS / "amp_accuracy.json", {"benchmark": "bf16 autocast vs fp32: mAP of short runs", **common,
-                                               **bench_amp_accuracy(args)})
+        header = {"benchmark": "bf16 autocast vs fp32: mAP of short runs", **common}
+        bench_amp_accuracy(args, lambda report: _write(RESULTS / "amp_accuracy.json", {**header, **report}))
 
 
 def attention_part(args, common: dict) -> None:
