@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clip-seconds", type=float, default=CLIP_SECONDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -83,14 +84,15 @@ def main() -> None:
     device = torch.device(args.device)
     frontend = log_mel_frontend().to(device)
     generator = torch.Generator().manual_seed(0)
-    clips = 0.1 * torch.randn(max(args.batch_sizes), CLIP_SECONDS * SAMPLE_RATE, generator=generator)
+    clip_samples = round(args.clip_seconds * SAMPLE_RATE)
+    clips = 0.1 * torch.randn(max(args.batch_sizes), clip_samples, generator=generator)
     clips = clips.to(device)
     load_before = os.getloadavg()[0]
     rows = [compare(frontend, clips[:batch], args.repeats) for batch in args.batch_sizes]
 
     result = {
         "benchmark": "frontend: batched call vs clip-by-clip loop",
-        "clip_seconds": CLIP_SECONDS,
+        "clip_seconds": args.clip_seconds,
         "repeats": args.repeats,
         "sub_batch_samples": SUB_BATCH_SAMPLES,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -102,7 +104,7 @@ def main() -> None:
         "rows": rows,
         "min_ratio": min(row["ratio"] for row in rows),
     }
-    print(f"log-mel frontend, {CLIP_SECONDS} s clips, {result['device']}, "
+    print(f"log-mel frontend, {args.clip_seconds:g} s clips, {result['device']}, "
           f"{result['torch_threads']} torch threads, paired median of {args.repeats}")
     print(f"{'batch':>5} {'batched clips/s':>15} {'loop clips/s':>12} {'ratio':>6} "
           f"{'faults batched':>14} {'faults loop':>11}")
