@@ -196,7 +196,7 @@ def train_rate(setup: Setup, name: str, batch: int, amp: str, attention: str, co
         model = _compiled(model, setup.compile_backend)
     optimizer, used = create_optimizer(model.parameters(), "auto", lr=1e-4)
     waves = setup.waves(batch).to(device)
-    seeds = torch.arange(batch, dtype=torch.int32)
+    seeds = seed_for(0, 0, np.arange(batch))  # int32 numpy, as the store returns them
     targets = torch.rand(batch, model.config.num_classes, device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
