@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -137,21 +138,24 @@ def _check_finite(path, x: np.ndarray, start: int, end: int) -> np.ndarray:
 
 
 def load_chunk(path: Path, rate: int, start: int, end: int, sample_rate: int = SAMPLE_RATE,
-               key: str | None = None, num_frames: int | None = None) -> np.ndarray:
+               key: str | None = None, num_frames: int | None = None,
+               read: Callable[[int, int], np.ndarray] | None = None) -> np.ndarray:
     """Samples ``[start, end)`` at ``sample_rate`` of a file whose own rate is ``rate`` and
     length ``num_frames`` frames (read from its header when None); only a window around the
-    chunk is decoded (see the module doc).
+    chunk is decoded (see the module doc). ``read(first, stop)`` reads frames as float32 mono
+    (default: :func:`read_frames` of ``path``; ``ced_train.packs`` passes a pack reader).
 
     Raises:
         DataError: the file cannot be decoded, holds fewer samples than its header said, or
             holds NaN or Inf.
     """
+    read = read or (lambda first, stop: read_frames(path, first, stop))
     if rate == sample_rate:
-        x = read_frames(path, start, end)
+        x = read(start, end)
     else:
         num_frames = sf.info(str(path)).frames if num_frames is None else num_frames
         first, stop, offset = resample_window(rate, sample_rate, start, end, num_frames)
-        x = resample(read_frames(path, first, stop), rate, sample_rate)[start - offset:end - offset]
+        x = resample(read(first, stop), rate, sample_rate)[start - offset:end - offset]
     if len(x) != end - start:
         raise DataError(
             f"{path}: chunk {key or f'{start}-{end}'}: expected {end - start} samples, decoded "
@@ -159,21 +163,24 @@ def load_chunk(path: Path, rate: int, start: int, end: int, sample_rate: int = S
     return _check_finite(path, x, start, end)
 
 
-def scan_file(path: Path, rate: int, num_frames: int, sample_rate: int = SAMPLE_RATE) -> None:
+def scan_file(path: Path, rate: int, num_frames: int, sample_rate: int = SAMPLE_RATE,
+              read: Callable[[int, int], np.ndarray] | None = None) -> None:
     """Decode a whole file block by block (memory bounded by a block) to find what only decoding
-    finds: a file corrupt in the middle, or non-finite audio.
+    finds: a file corrupt in the middle, or non-finite audio. ``read(first, stop)`` reads
+    frames (default: :func:`read_frames` of ``path``).
 
     Raises:
         DataError: naming the file and what is wrong.
     """
+    read = read or (lambda first, stop: read_frames(path, first, stop))
     n = resampled_length(num_frames, rate, sample_rate)
     for start in range(0, n, _BLOCK):
         end = min(n, start + _BLOCK)
         if rate == sample_rate:
-            x = read_frames(path, start, end)
+            x = read(start, end)
         else:  # no margin needed: only decodability and finiteness are checked
             first, stop = start * rate // sample_rate, min(num_frames, -(-end * rate // sample_rate))
-            x = read_frames(path, first, stop)
+            x = read(first, stop)
         if len(x) == 0 or (rate == sample_rate and len(x) != end - start):
             raise DataError(f"{path}: decoded {len(x)} samples at {start}, expected {end - start} "
                             f"(file shorter than its header says?)")

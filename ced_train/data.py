@@ -32,9 +32,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ced_train.audio import AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, load_chunk, resampled_length, scan_file
+from ced_train.audio import (AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, check_length, load_chunk, resampled_length,
+                             scan_file)
 from ced_train.errors import CedTrainError, DataError
 from ced_train.manifest import read_tsv
+from ced_train.packs import dataset_name, pack_info, read_pack_frames
 
 __all__ = ["AudioDataset", "collate", "write_skipped"]
 
@@ -44,10 +46,21 @@ _log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _File:
     name: str  # as written in the TSV, or relative to the folder: the key prefix
-    path: Path
+    path: Path  # the audio file, or the HDF5 pack holding it
     rate: int
     num_frames: int  # at the file's own rate
     labels: tuple[int, ...] | None
+    pack_dataset: str | None = None  # the dataset in the pack at ``path``; None: a plain file
+
+    def read(self):
+        """The frame reader of ``ced_train.audio.load_chunk`` (None: soundfile on ``path``)."""
+        if self.pack_dataset is None:
+            return None
+        return lambda first, stop: read_pack_frames(self.path, self.pack_dataset, first, stop)
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.pack_dataset is None else f"{self.path}[{self.pack_dataset!r}]"
 
 
 # --------------------------------------------------------------------------- dataset
@@ -143,8 +156,11 @@ class AudioDataset:
         """Read a TSV manifest: a header row, a ``filename`` column, an optional ``labels`` column.
 
         Filenames are relative to the TSV's folder unless absolute. ``labels`` holds
-        ``;``-separated integer class indices (an empty cell: a clip with no positives). Other
-        columns are ignored. Blank lines are skipped.
+        ``;``-separated integer class indices (an empty cell: a clip with no positives). With an
+        ``hdf5path`` column (the label TSV of the original CED's ``wavlist_to_hdf5.py``), each
+        row's audio is read from that HDF5 pack (``ced_train.packs``; needs h5py), the dataset
+        named by the filename's base name (or the full filename), at 16 kHz; the keys are the
+        same as for the files themselves. Other columns are ignored. Blank lines are skipped.
 
         Args:
             path: the TSV file (UTF-8).
@@ -174,20 +190,19 @@ class AudioDataset:
         """
         tsv = Path(path)
         rows = read_tsv(tsv, num_classes)
-        if num_classes is None and any(r[2] is not None for r in rows):
-            num_classes = max(1, 1 + max((max(r[2]) for r in rows if r[2]), default=-1))
+        if num_classes is None and any(r.labels is not None for r in rows):
+            num_classes = max(1, 1 + max((max(r.labels) for r in rows if r.labels), default=-1))
         files, skipped = [], []
-        for line, name, labels, error in rows:
+        for line, name, labels, error, pack in rows:
             if error is None:
-                file_path = Path(name) if os.path.isabs(name) else tsv.parent / name
                 try:
-                    rate, frames = _check_file(file_path, sample_rate, min_seconds, skip_bad)
+                    file = _tsv_file(tsv, name, labels, pack, sample_rate, min_seconds, skip_bad)
                 except DataError as e:
                     error = f"{tsv} line {line}: {e}"
             if error is not None:
                 _bad(skip_bad, skipped, name or f"{tsv} line {line}", str(error))
                 continue
-            files.append(_File(name, file_path, rate, frames, labels))
+            files.append(file)
         return cls(files, source=str(tsv), num_classes=num_classes, chunk_seconds=chunk_seconds,
                    sample_rate=sample_rate, cache=cache, skipped=skipped)
 
@@ -333,8 +348,8 @@ class AudioDataset:
         if self._cache is not None and i in self._cache:
             return self._cache[i].copy()  # a copy: callers may modify waves in place
         f = self._files[self._file_ids[i]]
-        x = load_chunk(f.path, f.rate, int(self._starts[i]), int(self._ends[i]), self.sample_rate,
-                       key=self.keys[i], num_frames=f.num_frames)
+        x = load_chunk(f.where, f.rate, int(self._starts[i]), int(self._ends[i]), self.sample_rate,
+                       key=self.keys[i], num_frames=f.num_frames, read=f.read())
         x = np.pad(x, (0, int(self.lengths[i]) - len(x)))
         if self._cache is not None:
             self._cache[i] = x.copy()
@@ -346,6 +361,23 @@ def _check_file(path: Path, sample_rate: int, min_seconds: float, decode: bool) 
     if decode:
         scan_file(path, rate, frames, sample_rate)
     return rate, frames
+
+
+def _tsv_file(tsv: Path, name: str, labels, pack: str | None, sample_rate: int, min_seconds: float,
+              decode: bool) -> _File:
+    """A TSV row's file: on disk, or (with an ``hdf5path``) a dataset in the original's pack."""
+    if pack is None:
+        path = Path(name) if os.path.isabs(name) else tsv.parent / name
+        return _File(name, path, *_check_file(path, sample_rate, min_seconds, decode), labels)
+    # the original writes the pack's path relative to where it ran: try the TSV's folder first
+    path = Path(pack) if os.path.isabs(pack) or not (tsv.parent / pack).exists() else tsv.parent / pack
+    file = _File(name, path, 0, 0, labels, dataset_name(path, name))
+    rate, frames = pack_info(path, file.pack_dataset)
+    file = _File(name, path, rate, frames, labels, file.pack_dataset)
+    check_length(file.where, resampled_length(frames, rate, sample_rate), sample_rate, min_seconds)
+    if decode:
+        scan_file(file.where, rate, frames, sample_rate, read=file.read())
+    return file
 
 
 def _chunks(n: int, chunk: int) -> list[tuple[int, int, int]]:

@@ -1,7 +1,8 @@
 """The TSV manifest: a header row, a ``filename`` column and an optional ``labels`` column.
 
 ``labels`` holds ``;``-separated integer class indices (an empty cell: a clip with no
-positives); other columns are ignored and blank lines skipped. Filenames are relative to the
+positives); an ``hdf5path`` column (the original CED's packs, docs/INTEROP.md section 3) names
+the HDF5 pack that holds each row's audio; other columns are ignored and blank lines skipped. Filenames are relative to the
 TSV's folder unless absolute, and may not repeat.
 
 Example:
@@ -23,13 +24,15 @@ __all__ = ["ManifestRow", "read_tsv", "write_tsv"]
 
 
 class ManifestRow(NamedTuple):
-    """One data row: its line number, filename, labels (None without a column), and the
-    ``DataError`` that makes it unusable (None when it is fine)."""
+    """One data row: its line number, filename, labels (None without a column), the
+    ``DataError`` that makes it unusable (None when it is fine), and its HDF5 pack (None
+    without an ``hdf5path`` column)."""
 
     line: int
     filename: str
     labels: tuple[int, ...] | None
     error: DataError | None
+    hdf5path: str | None = None
 
 
 def read_tsv(tsv: Path, num_classes: int | None = None) -> list[ManifestRow]:
@@ -61,6 +64,7 @@ def read_tsv(tsv: Path, num_classes: int | None = None) -> list[ManifestRow]:
         raise DataError(f"{tsv} line 1: no 'filename' column in the header {header}")
     name_col = header.index("filename")
     label_col = header.index("labels") if "labels" in header else None
+    pack_col = header.index("hdf5path") if "hdf5path" in header else None
 
     rows, seen = [], {}
     for line, row in enumerate(lines[1:], start=2):
@@ -69,6 +73,7 @@ def read_tsv(tsv: Path, num_classes: int | None = None) -> list[ManifestRow]:
         where = f"{tsv} line {line}"
         name = row[name_col] if len(row) == len(header) else ""
         labels, error = None, None
+        pack = row[pack_col] if pack_col is not None and len(row) == len(header) else None
         try:
             if len(row) != len(header):
                 raise DataError(f"{where}: expected {len(header)} tab-separated columns, "
@@ -81,10 +86,12 @@ def read_tsv(tsv: Path, num_classes: int | None = None) -> list[ManifestRow]:
                                 f"(first on line {seen[norm]})")
             if label_col is not None:
                 labels = _parse_labels(row[label_col], num_classes, where)
+            if pack_col is not None and not pack:
+                raise DataError(f"{where}: empty hdf5path")
             seen[norm] = line
         except DataError as e:
             error = e
-        rows.append(ManifestRow(line, name, labels, error))
+        rows.append(ManifestRow(line, name, labels, error, pack))
     return rows
 
 
