@@ -149,6 +149,9 @@ def _add_extract(parser) -> None:
           example="--base-seed 1")
     _flag(g, "--no-augment", action="store_true", help="the teacher sees clean inputs (baselines; seeds are "
           "stored anyway)", example="--no-augment")
+    _flag(g, "--time-mask-percent", type=int, metavar="P", help="augmentation recipe cedaug v2: the time mask "
+          "is at most P%% of each clip (short clips are never masked whole; 10 s clips as v1 for P >= 20)",
+          default_text="v1, the paper's fixed 192 frames", example="--time-mask-percent 20")
     _flag(g, "--batch-size", type=int, default=32, help="records per teacher batch (part of the numerics: keep "
           "it to resume)", example="--batch-size 64")
     _run_flags(parser.add_argument_group("run"))
@@ -158,7 +161,6 @@ def _run_extract(args) -> int:
     import torch
 
     from ced_train import distributed
-    from ced_train.augment import Recipe
     from ced_train.extract import extract
     from ced_train.labels import read_names
     from ced_train.teacher import Ensemble
@@ -173,7 +175,8 @@ def _run_extract(args) -> int:
     names = read_names(args.class_names) if args.class_names else None
     stats = extract(
         teacher, dataset, args.store, store_epochs=args.store_epochs, k=args.k, base_seed=args.base_seed,
-        recipe=None if args.no_augment else Recipe(), batch_size=args.batch_size, device=dist_info.device,
+        recipe=None if args.no_augment else _recipe(args.time_mask_percent), batch_size=args.batch_size,
+        device=dist_info.device,
         amp=args.amp, class_names=names, metadata={"chunk_seconds": args.chunk_seconds}, progress=not args.quiet,
     )
     if dist_info.is_main and not args.quiet:
@@ -184,6 +187,12 @@ def _run_extract(args) -> int:
         print(f"ced-train: {args.store}: {stats.lost_chunks} chunks of files no longer in {args.data} stay "
               "unwritten (the store is not sealed); train reads only the chunks it has", file=sys.stderr)
     return 0
+
+
+def _recipe(time_mask_percent: int | None):
+    from ced_train.augment import Recipe
+
+    return Recipe() if time_mask_percent is None else Recipe(version=2, time_mask_max_percent=time_mask_percent)
 
 
 def _add_check_store(parser) -> None:
