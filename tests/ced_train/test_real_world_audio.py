@@ -203,3 +203,21 @@ def test_extraction_warns_when_the_recipe_blanks_short_clips(tmp_path, caplog):
     assert stats.blanked_share == 0.0 and not caplog.records
     with cedstore.open(tmp_path / "v2.ced") as store:
         assert store.metadata["augmentation"] == Recipe(version=2).to_dict()
+
+
+def test_extract_time_mask_percent_writes_recipe_v2(tmp_path, caplog):
+    from train_helpers import tiny_model, write_clips
+
+    import cedstore
+    from ced_train import models
+    from ced_train.augment import Recipe
+    from ced_train.cli import main
+
+    tsv = write_clips(tmp_path, 4)
+    models.save_checkpoint(tiny_model(0), tmp_path / "teacher.pt")
+    store = tmp_path / "t.ced"
+    assert main(["extract", "--teacher", str(tmp_path / "teacher.pt"), "--data", str(tsv), "--store-epochs", "2",
+                 "--k", "3", "--store", str(store), "--time-mask-percent", "25", "--quiet"]) == 0
+    with cedstore.open(store) as s:
+        assert s.metadata["augmentation"] == Recipe(version=2, time_mask_max_percent=25).to_dict()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
