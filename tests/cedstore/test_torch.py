@@ -56,7 +56,9 @@ def test_dataset_items_and_batches(store_path):
     store = cedstore.open(store_path)
     data = TargetDataset(store_path, epoch=1)
     assert len(data) == 12 and data.store.path == store_path
-    batch = data.__getitems__([4, 0, 4])
+    rows = data.__getitems__([4, 0, 4])
+    batch = collate(rows)
+    assert batch is rows.batch and collate(batch) is batch  # no copy
     targets, seeds = store.dense(1, [4, 0, 4])
     assert batch["ids"].tolist() == [4, 0, 4] and batch["ids"].dtype == torch.int64
     assert torch.equal(batch["targets"], torch.from_numpy(targets)) and torch.equal(batch["seeds"], torch.from_numpy(seeds))
@@ -64,7 +66,6 @@ def test_dataset_items_and_batches(store_path):
     assert item["ids"].shape == () and item["targets"].shape == (9,) and int(item["seeds"]) == int(seeds[0])
     stacked = collate([data[4], data[0]])
     assert all(torch.equal(stacked[k], batch[k][:2]) for k in batch)
-    assert collate(batch) is batch
     assert data[np.array([0, 4])]["ids"].tolist() == [0, 4]
     with pytest.raises(IndexError, match=r"sample id 12 \(row 0\) out of range"):
         data[12]
