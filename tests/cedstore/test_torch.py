@@ -95,3 +95,102 @@ def test_dataloader_workers_match_single_process(store_path, context, num_worker
     # a BatchSampler as the sampler: one __getitem__(list of ids) per batch, default collation
     sampled = _batches(DataLoader(data, sampler=BatchSampler(SequentialSampler(data), 5, False), batch_size=None))
     _assert_same(single, sampled)
+
+
+# --- sparse batches, losses without densifying, and the DataLoader contract (issue 8 items 3, 6)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cedstore import targets  # noqa: E402
+from cedstore.torch import sparse_bce_with_logits, sparse_cross_entropy, sparse_kl_div  # noqa: E402
+from test_targets import softmax_store  # noqa: E402
+
+F = torch.nn.functional
+
+
+def _sparse_case(seed: int, num_rows: int, num_classes: int, k: int, tail: str):
+    """Random logits and a sparse target (top-k of a softmax, fp16-rounded) with its dense twin."""
+    rng = np.random.default_rng(seed)
+    teacher = torch.from_numpy(rng.normal(0, 3, (num_rows, num_classes))).softmax(1)
+    top = teacher.topk(k, dim=1)
+    values = top.values.half().float().numpy()
+    values, fill = targets.apply_tail(values, num_classes, tail)
+    indices = top.indices.numpy()
+    dense = targets.densify(values, indices, fill, num_classes)
+    logits = torch.from_numpy(rng.normal(0, 2, (num_rows, num_classes))).float()
+    return logits, torch.from_numpy(values), torch.from_numpy(indices), torch.from_numpy(fill), torch.from_numpy(dense)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(2, 50), st.data(),
+       st.sampled_from(["zero", "uniform", "renormalize"]))
+def test_sparse_losses_match_dense_references(seed, num_rows, num_classes, data, tail):
+    k = data.draw(st.integers(1, num_classes))
+    logits, values, indices, fill, dense = _sparse_case(seed, num_rows, num_classes, k, tail)
+    logits.requires_grad_(True)
+    pairs = [
+        (sparse_kl_div(logits, values, indices, fill), F.kl_div(F.log_softmax(logits, 1), dense, reduction="batchmean")),
+        (sparse_cross_entropy(logits, values, indices, fill), F.cross_entropy(logits, dense)),
+        (sparse_bce_with_logits(logits, values, indices, fill), F.binary_cross_entropy_with_logits(logits, dense)),
+    ]
+    for sparse, reference in pairs:
+        torch.testing.assert_close(sparse, reference, rtol=1e-5, atol=1e-5)
+        grad_sparse, = torch.autograd.grad(sparse, logits)
+        grad_reference, = torch.autograd.grad(reference, logits)
+        torch.testing.assert_close(grad_sparse, grad_reference, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_dataset_batches_match_dense_ones(tmp_path):
+    store, _ = softmax_store(tmp_path / "soft.ced")
+    sparse = TargetDataset(store, tail="uniform", sparse=True)
+    dense = TargetDataset(store, tail="uniform")
+    batch = collate(sparse.__getitems__([3, 1]))
+    assert list(batch) == ["ids", "values", "indices", "tail", "seeds"]
+    assert batch["values"].shape == (2, 3) and batch["indices"].dtype == torch.int64 and batch["tail"].shape == (2,)
+    rebuilt = targets.densify(batch["values"].numpy(), batch["indices"].numpy(), batch["tail"].numpy(), 9)
+    np.testing.assert_array_equal(rebuilt, dense[[3, 1]]["targets"].numpy())
+    logits = torch.randn(2, 9)
+    torch.testing.assert_close(sparse_kl_div(logits, batch["values"], batch["indices"], batch["tail"]),
+                               F.kl_div(F.log_softmax(logits, 1), dense[[3, 1]]["targets"], reduction="batchmean"))
+    with pytest.raises(cedstore.InvalidInputError, match=r"fill = -1.0 applies to dense targets with tail 'zero' only"):
+        TargetDataset(store, tail="uniform", fill=-1.0)
+
+
+def test_sigmoid_store_refuses_a_softmax_tail(store_path):
+    with pytest.raises(cedstore.InvalidInputError, match=r"tail policy 'renormalize' needs softmax probabilities"):
+        TargetDataset(store_path, tail="renormalize", sparse=True)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_default_collation_gives_the_same_batches(store_path, sparse):
+    """Regression: without collate_fn=collate, torch's default collation failed with `KeyError: 0`."""
+    data = TargetDataset(store_path, epoch=1, sparse=sparse)
+    ours = _batches(DataLoader(data, batch_size=5, collate_fn=collate))
+    default = _batches(DataLoader(data, batch_size=5))
+    _assert_same(ours, default)
+    single = _batches(DataLoader(data, batch_size=None))  # one item per step
+    assert single[3]["ids"].shape == () and int(single[3]["ids"]) == 3
+
+
+def test_slices_and_negative_indices(store_path):
+    data = TargetDataset(store_path, epoch=0)
+    _assert_same([data[-3:]], [data[[9, 10, 11]]])
+    _assert_same([data[::5]], [data[np.array([0, 5, 10])]])
+    assert int(data[-1]["ids"]) == 11 and torch.equal(data[-1]["targets"], data[11]["targets"])
+    assert data[[-12, 0]]["ids"].tolist() == [0, 0]
+    with pytest.raises(IndexError, match=r"sample id -13 \(row 1\) out of range \[-12, 12\)"):
+        data[[0, -13]]
+    with pytest.raises(IndexError, match=r"sample id 12 \(row 0\) out of range"):
+        data[12]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pin_memory needs an accelerator")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_pin_memory(store_path, sparse):
+    data = TargetDataset(store_path, epoch=0, sparse=sparse)
+    for collate_fn in (collate, None):
+        batches = list(DataLoader(data, batch_size=5, collate_fn=collate_fn, pin_memory=True, num_workers=1))
+        assert all(t.is_pinned() for b in batches for t in b.values())
+        _assert_same([{k: v.clone() for k, v in b.items()} for b in batches],
+                     _batches(DataLoader(data, batch_size=5, collate_fn=collate)))
