@@ -59,9 +59,13 @@ class _Parser(argparse.ArgumentParser):
         _fail(f"{message} (see '{self.prog} --help')", 2)
 
 
-def _fail(message: str, status: int):
+def _fail(message: str, status: int, *, root_cause: bool = True):
     message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
     print(f"ced-train: error: {message}", file=sys.stderr)
+    distributed = sys.modules.get("ced_train.distributed")  # (loaded by the commands that use torchrun)
+    if distributed is not None and root_cause and status != 130:
+        sys.stderr.flush()
+        distributed.report_failure(f"ced-train: error: {message}")
     raise SystemExit(status)
 
 
@@ -510,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         _fail("out of memory", 1)
     except Exception as e:  # noqa: BLE001  (a bug, or torch's own error: still one line)
+        distributed = sys.modules.get("ced_train.distributed")
+        peer = distributed.peer_failure(e) if distributed is not None else None
+        if peer:  # another process failed first: its error is the one that counts
+            _fail(f"stopped because another process of this torchrun job failed (its error is torchrun's root "
+                  f"cause): {type(e).__name__}: {peer}", 1, root_cause=False)
         if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
             _fail(f"out of memory: {e}", 1)
         _fail(f"internal error, please report it: {type(e).__name__}: {e}", 3)

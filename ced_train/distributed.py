@@ -5,6 +5,10 @@
 on CPU, nccl on CUDA). Without them it returns a one-process :class:`DistInfo` and every helper
 below degrades to a no-op, so the same code runs with and without torchrun.
 
+When one process fails, the others fail in their next collective ("Connection closed by peer"):
+:func:`peer_failure` recognises that error, and :func:`report_failure` records the first
+process's own error for torchrun's summary, so its "Root Cause" is that error, not a peer's.
+
 Example:
     >>> dist_info = setup("cpu")
     >>> if dist_info.is_main:
@@ -15,14 +19,24 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "barrier", "broadcast_object", "cleanup", "gather_object", "is_distributed", "setup"]
+__all__ = ["DistInfo", "barrier", "broadcast_object", "cleanup", "gather_object", "is_distributed",
+           "peer_failure", "report_failure", "setup"]
+
+# What a collective raises (gloo, NCCL) when another process of the group has died.
+_PEER_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                  "NCCL communicator was aborted", "remote process exited")
+# torchrun's summary names the failure with the earliest timestamp, in whole seconds, as the root
+# cause: the failing process waits this long before it exits (and so before the others fail).
+_ROOT_CAUSE_MARGIN_S = 1.1
 
 
 @dataclass(frozen=True)
@@ -121,3 +135,38 @@ def cleanup() -> None:
     """Leave the process group (if one was joined); call at the end of a torchrun script."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """What ``error`` says happened (e.g. "Connection closed by peer") when it is a collective's
+    report that another process of the torchrun job died, whose own error is the one to show;
+    else None.
+
+    Example:
+        >>> peer_failure(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:2549"))  # doctest: +SKIP
+        'Connection closed by peer'
+    """
+    text = str(error)
+    return next((found for found in _PEER_FAILURES if found in text), None) if _under_torchrun() else None
+
+
+def report_failure(message: str) -> None:
+    """Under torchrun, record ``message`` as this process's error for torchrun's failure summary
+    (its ``TORCHELASTIC_ERROR_FILE``), then wait a second so that it is the job's root cause:
+    the other processes fail only once this one has exited. A no-op without torchrun.
+
+    Example:
+        >>> report_failure("ced-train: error: c6.wav: non-finite audio")  # doctest: +SKIP
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not (_under_torchrun() and path):
+        return
+    timestamp = str(int(time.time()))
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": timestamp}}},
+                  fh)
+    time.sleep(_ROOT_CAUSE_MARGIN_S)

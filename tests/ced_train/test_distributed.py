@@ -107,3 +107,32 @@ def test_setup_needs_a_rank_with_a_world_size(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="expected 0 <= RANK < WORLD_SIZE=2, got RANK=2"):
         distributed.setup("cpu")
+
+
+def test_a_failing_rank_is_torchruns_root_cause_and_the_others_say_why_they_stop(workdir, tmp_path):
+    """One rank reads a clip with a NaN sample: its error is torchrun's "Root Cause", and the other
+    rank's lost connection is one line, not an internal error."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    names = []
+    for i in range(7):
+        wave, _ = sf.read(str(workdir / f"c{i}.wav"), dtype="float32")
+        if i == 6:
+            wave[100] = np.nan
+        sf.write(str(folder / f"c{i}.wav"), wave, 16000, subtype="FLOAT")
+        names.append(f"c{i}.wav")
+    write_tsv(folder / "train.tsv", names)
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2"] + extract_command(workdir, tmp_path / "s.ced")
+    command[command.index("--data") + 1] = str(folder / "train.tsv")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    error = f"ced-train: error: {folder / 'c6.wav'}: non-finite audio (NaN or Inf) at sample 100"
+    assert done.returncode != 0
+    root_cause = output[output.index("Root Cause"):]
+    assert f"traceback : {error}" in root_cause, output
+    stopped = ("ced-train: error: stopped because another process of this torchrun job failed (its error is "
+               "torchrun's root cause): RuntimeError: Connection closed by peer")
+    errors = [line for line in output.splitlines() if line.startswith("ced-train: error: ")]
+    assert errors[0].startswith(error) and set(errors[1:]) <= {stopped}, output  # (unless torchrun ends it first)
+    assert "internal error" not in output and "pair.cc" not in output, output  # no gloo text of the lost peer
