@@ -41,7 +41,21 @@ def _writer_metadata(metadata: dict | None, num_classes: int) -> bytes:
     return encode_metadata(meta)
 
 
+def _as_float32_if_wide(a: Any) -> Any:
+    """float64 and bfloat16 (a torch tensor, or ml_dtypes in numpy), what teachers emit, as
+    float32: exact for bfloat16; float64 rounds to nearest first, then encodes as float32 does."""
+    if str(getattr(a, "dtype", "")) == "torch.bfloat16":  # numpy cannot take it; no torch import here
+        return a.float()
+    a = np.asarray(a)
+    if a.dtype == np.float64 or a.dtype.name == "bfloat16":
+        with np.errstate(over="ignore"):  # beyond float32 becomes Inf, which the encoder refuses
+            return a.astype(np.float32)
+    return a
+
+
 def _check_array(path: str, name: str, a: Any, kinds: str, shape: tuple) -> np.ndarray:
+    if kinds == "f":
+        a = _as_float32_if_wide(a)
     a = np.asarray(a)
     if kinds == "f":
         dtype_ok = a.dtype in (np.float32, np.float16)
@@ -95,7 +109,8 @@ class Writer:
             epoch: augmentation epoch, in [0, num_epochs).
             sample_ids: integer [B], distinct.
             probs: float32/float16 [B, num_classes] teacher outputs (probabilities or logits,
-                as the store's value_kind says); encoded to top-k by the core.
+                as the store's value_kind says); encoded to top-k by the core. float64 and
+                bfloat16 (numpy, or a CPU torch tensor) are cast to float32 first.
             values: instead of `probs`, float32/float16 [B, k], non-increasing per row.
             indices: with `values`, integer [B, k] class indices, distinct per row.
             seeds: integer [B] augmentation seeds, int32 or uint32 values: in [-2**31, 2**32);

@@ -258,7 +258,7 @@ def test_create_refuses_existing_file(tmp_path):
 F32 = np.float32
 # (write() arguments, error, message after "<path>: ")
 BAD_WRITES = [
-    ({"probs": np.ones((1, 4))}, InvalidInputError, r"probs must be a float32 or float16 array of shape \[1, 4\], found float64 \[1, 4\]"),
+    ({"probs": np.ones((1, 4), np.int64)}, InvalidInputError, r"probs must be a float32 or float16 array of shape \[1, 4\], found int64 \[1, 4\]"),
     ({"probs": np.ones((1, 5), F32)}, InvalidInputError, r"probs must be a float32 or float16 array of shape \[1, 4\], found float32 \[1, 5\]"),
     ({"probs": np.ones(4, F32)}, InvalidInputError, r"probs must be .* of shape \[1, 4\], found float32 \[4\]"),
     ({"sample_ids": [0.0]}, InvalidInputError, r"sample_ids must be an integer array of shape \[1\], found float64 \[1\]"),
@@ -286,8 +286,8 @@ BAD_WRITES = [
      r"epoch 0, sample 0 \(row 0\): dense\[0, 2\] = -inf is infinite; values must be finite"),
     ({"probs": np.array([[7e4, 0, 0, 0]], F32)}, InvalidInputError,
      r"epoch 0, sample 0 \(row 0\): dense\[0, 0\] = 70000 is outside the float16 range"),
-    ({"probs": None, "values": [[0.5, 0.7]], "indices": [[0, 1]]}, InvalidInputError,
-     r"values must be a float32 or float16 array of shape \[1, 2\], found float64"),
+    ({"probs": None, "values": [[1, 0]], "indices": [[0, 1]]}, InvalidInputError,
+     r"values must be a float32 or float16 array of shape \[1, 2\], found int64"),
     ({"probs": None, "values": np.array([[0.5, 0.7]], F32), "indices": [[0, 1]]}, InvalidInputError,
      r"epoch 0, sample 0 \(row 0\): values must be non-increasing after float16 rounding"),
     ({"probs": None, "values": np.array([[0.5, np.nan]], F32), "indices": [[0, 1]]}, InvalidInputError,

@@ -194,3 +194,25 @@ def test_pin_memory(store_path, sparse):
         assert all(t.is_pinned() for b in batches for t in b.values())
         _assert_same([{k: v.clone() for k, v in b.items()} for b in batches],
                      _batches(DataLoader(data, batch_size=5, collate_fn=collate)))
+
+
+def test_float64_and_bfloat16_teacher_outputs_are_cast_to_float32(tmp_path, teacher):
+    """Issue 8 item 2: teachers emit float64 (numpy) and bfloat16 (torch); both used to be refused."""
+    probs = teacher.probs[0, :4]
+    bf16 = torch.from_numpy(probs).bfloat16()
+    path = tmp_path / "cast.ced"
+    with cedstore.create(path, num_classes=9, k=3, num_samples=4, num_epochs=3) as w:
+        w.write(0, range(4), probs=probs.astype(np.float64), seeds=range(4))
+        w.write(1, range(4), probs=bf16, seeds=range(4))
+        w.write(2, range(4), values=bf16[:, :3].sort(descending=True).values, indices=[[0, 1, 2]] * 4, seeds=range(4))
+        with pytest.raises(cedstore.InvalidInputError, match=r"epoch 0, sample 0 \(row 0\): dense\[0, 0\] = inf is infinite"):
+            w.write(0, [0], probs=np.full((1, 9), 1e300), seeds=[0])
+    store = cedstore.open(path)
+    expected64 = np.zeros((4, 9), np.float32)
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    np.put_along_axis(expected64, top, np.take_along_axis(probs, top, 1).astype(np.float16), 1)
+    np.testing.assert_array_equal(store.dense(0, range(4))[0], expected64)
+    as_float = bf16.float().numpy()
+    top = np.argsort(-as_float, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(store.topk(1, range(4))[1], top)
+    np.testing.assert_array_equal(store.topk(1, range(4))[0], np.take_along_axis(as_float, top, 1).astype(np.float16))
