@@ -31,6 +31,7 @@ from cedstore.errors import (
 )
 from cedstore.format import FORMAT_VERSION
 from cedstore.merge import merge
+from cedstore import targets  # tail policies: cedstore.targets.dense(store, epoch, ids, tail="uniform")
 from cedstore.sizes import storage_bytes
 from cedstore.store import JoinReport, Store, open
 from cedstore.writer import Writer, create, label_space, resume
@@ -43,6 +44,7 @@ __all__ = [
     "open",
     "merge",
     "storage_bytes",
+    "targets",
     "label_space",
     "Store",
     "Writer",
