@@ -268,6 +268,18 @@ def mutate_bytes(rng, buf, h):
 
 MUTATIONS = [mutate_header, mutate_metadata, mutate_key_table, mutate_epoch_table, mutate_record,
              mutate_length, mutate_bytes]
+RAW_MUTATIONS = [mutate_header, mutate_length, mutate_bytes]  # safe whatever the header says
+
+
+def _describes(h: F.Header, buf: bytearray) -> bool:
+    """Whether the header still lays out exactly this buffer: only then do the structured
+    mutations follow its fields (a mutated num_epochs could ask for an epoch table of 32 GiB)."""
+    if h.k < 1 or h.num_samples < 1 or h.num_epochs < 1 or h.record_size != 4 * h.k + 4:
+        return False
+    expected = F.layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind, h.metadata_length,
+                        h.keys_length)
+    fields = ("metadata_offset", "keys_offset", "epoch_table_offset", "records_offset", "records_length")
+    return expected.file_size == len(buf) and all(getattr(h, f) == getattr(expected, f) for f in fields)
 
 
 def make_input(seeds: list[bytes], seed: int, index: int) -> tuple[bytes, str]:
@@ -282,7 +294,7 @@ def make_input(seeds: list[bytes], seed: int, index: int) -> tuple[bytes, str]:
             h = _header(buf)
         except struct.error:
             break
-        mutation = rng.choice(MUTATIONS)
+        mutation = rng.choice(MUTATIONS if _describes(h, buf) else RAW_MUTATIONS)
         try:
             buf, what = mutation(rng, buf, h)
         except (IndexError, ValueError, struct.error, OverflowError, MemoryError) as e:  # a header too broken to follow
