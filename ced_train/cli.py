@@ -126,8 +126,9 @@ def _run_flags(group, *, amp: bool = True, quiet: str = "no progress line") -> N
     if amp:
         _flag(group, "--amp", choices=("none", "bf16", "fp16"), default="none",
               help="automatic mixed precision of the teacher (needs a CUDA device)", example="--amp bf16")
-    _flag(group, "--threads", type=int, help="torch CPU threads per process (byte-identical extraction needs "
-                                             "the same value; torchrun's default is 1)", example="--threads 4")
+    _flag(group, "--threads", type=int, help="torch CPU threads per process (results may differ in the last "
+                                             "float32 bit between values; torchrun's default is 1)",
+          example="--threads 4")
     _flag(group, "--quiet", action="store_true", help=quiet, example="--quiet")
 
 
@@ -156,8 +157,8 @@ def _add_extract(parser) -> None:
     _flag(g, "--time-mask-percent", type=int, metavar="P", help="augmentation recipe cedaug v2: the time mask "
           "is at most P%% of each clip (short clips are never masked whole; 10 s clips as v1 for P >= 20)",
           default_text="v1, the paper's fixed 192 frames", example="--time-mask-percent 20")
-    _flag(g, "--batch-size", type=int, default=32, help="records per teacher batch (part of the numerics: keep "
-          "it to resume)", example="--batch-size 64")
+    _flag(g, "--batch-size", type=int, default=32, help="records per teacher batch (a resume may use another: "
+          "the teacher's outputs move in the last float32 bit at most, see the README)", example="--batch-size 64")
     _run_flags(parser.add_argument_group("run"))
 
 

@@ -136,3 +136,29 @@ def test_a_failing_rank_is_torchruns_root_cause_and_the_others_say_why_they_stop
     errors = [line for line in output.splitlines() if line.startswith("ced-train: error: ")]
     assert errors[0].startswith(error) and set(errors[1:]) <= {stopped}, output  # (unless torchrun ends it first)
     assert "internal error" not in output and "pair.cc" not in output, output  # no gloo text of the lost peer
+
+
+def _half_written_copy(single: Path, out: Path) -> Path:
+    """``single`` with records 1, 4, 5 of epoch 0 and 6 of epoch 1 unwritten and unsealed."""
+    data = bytearray(single.read_bytes())
+    epoch_table, records = struct.unpack_from("<Q", data, 80)[0], struct.unpack_from("<Q", data, 96)[0]
+    record_size, num_samples = 4 * 3 + 4, 7
+    for epoch, sample in [(0, 1), (0, 4), (0, 5), (1, 6)]:
+        start = records + (epoch * num_samples + sample) * record_size
+        data[start : start + record_size] = b"\xff" * record_size
+    data[epoch_table : epoch_table + 16] = bytes(16)
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize(("batch_size", "threads"), [("5", "1"), ("1", "2"), ("2", "2")])
+def test_resuming_with_another_batch_size_or_thread_count_writes_the_same_bytes(workdir, single, tmp_path,
+                                                                              batch_size, threads):
+    """What README promises: a resumed extraction may use other --batch-size / --threads (each
+    batch holds chunks of one length, so a record depends on its chunk, seed and teacher only)."""
+    out = _half_written_copy(single, tmp_path / "half.ced")
+    command = [sys.executable] + extract_command(workdir, out)
+    command[command.index("--batch-size") + 1] = batch_size
+    command[command.index("--threads") + 1] = threads
+    run(command)
+    assert out.read_bytes() == single.read_bytes()
