@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from cedstore import _core
+from cedstore import _core, targets
 from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError
 from cedstore.format import EPOCH_SEALED, VALUE_KINDS, decode_metadata, record_dtype
@@ -98,14 +98,17 @@ class Store:
             self._keys = self._core.keys()
         return self._keys
 
-    def dense(self, epoch: int, sample_ids, fill: float = 0.0, out: np.ndarray | None = None):
-        """Decode records to dense targets: `fill` outside each record's top-k.
+    def dense(self, epoch: int, sample_ids, fill: float = 0.0, out: np.ndarray | None = None, *,
+              tail: str = "zero"):
+        """Decode records to dense targets: `fill` outside each record's top-k, or a tail policy.
 
         Args:
             epoch: augmentation epoch.
             sample_ids: integer [B].
             fill: value of the classes outside the top-k (0 for the tail policy "zero").
             out: optional C-contiguous writable float32 [B, C] to fill instead of allocating.
+            tail: tail policy (FORMAT.md, tail_policy): "zero" (with `fill`), or for softmax
+                probabilities "uniform" or "renormalize" (cedstore.targets).
 
         Returns:
             (targets float32 [B, C], seeds int32 [B]).
@@ -115,12 +118,18 @@ class Store:
             UnwrittenRecordError: a record was never written.
             IntegrityError: a record holds a class index outside [0, C).
             InvalidInputError: `out` is not a C-contiguous writable float32 [B, C] array, or
-                shares memory with `sample_ids`.
+                shares memory with `sample_ids`; an unknown tail policy, one the store does
+                not fit (cedstore.targets.check_tail), or `fill` with a policy but "zero".
             FormatError: the file was truncated since it was opened.
 
         Example:
             >>> targets, seeds = store.dense(epoch % store.num_epochs, batch_ids)
+            >>> targets, seeds = store.dense(epoch, batch_ids, tail="uniform")  # softmax: rows sum to 1
         """
+        if tail != "zero":
+            if fill != 0:
+                raise InvalidInputError(f"{self.path}: fill = {fill} applies to tail 'zero' only, not {tail!r}")
+            return targets.dense(self, epoch, sample_ids, tail, out)
         return self._core.decode_dense(self._check_epoch(epoch), np.asarray(sample_ids), fill, out)
 
     def topk(self, epoch: int, sample_ids):

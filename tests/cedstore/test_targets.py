@@ -111,3 +111,18 @@ def test_softmax_policies_give_distributions(num_rows, seed, tail):
     assert (fill >= 0).all() and (values >= 0).all()
     if k < num_classes or tail == "renormalize":
         np.testing.assert_allclose(total[top.sum(1) <= 1], 1, rtol=1e-5)
+
+
+def test_store_dense_takes_a_tail_policy(tmp_path, store_path):
+    store, probs = softmax_store(tmp_path / "s.ced")
+    for tail in ("uniform", "renormalize"):
+        np.testing.assert_array_equal(store.dense(0, [2, 7], tail=tail)[0], targets.dense(store, 0, [2, 7], tail=tail)[0])
+    out = np.empty((2, NUM_CLASSES), np.float32)
+    assert store.dense(0, [2, 7], out=out, tail="uniform")[0] is out
+    np.testing.assert_allclose(out.sum(1), 1, rtol=1e-6)
+    with pytest.raises(cedstore.InvalidInputError, match=r"s.ced: fill = 0.5 applies to tail 'zero' only, not 'uniform'"):
+        store.dense(0, [0], 0.5, tail="uniform")
+    with pytest.raises(cedstore.InvalidInputError, match=r"unknown tail policy 'none'"):
+        store.dense(0, [0], tail="none")
+    with pytest.raises(cedstore.InvalidInputError, match=r"tail policy 'renormalize' needs softmax probabilities"):
+        cedstore.open(store_path).dense(0, [0], tail="renormalize")
