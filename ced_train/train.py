@@ -69,7 +69,8 @@ class TrainConfig:
     """Everything that defines a training run (the model and data are passed separately).
 
     The defaults follow the paper for AS-20K: 300 epochs of batch 32, peak LR 1e-3 after 5,000
-    warm-up steps, cosine decay to 10 %, 8-bit Adam, label-free with stored-seed augmentation.
+    warm-up steps, cosine decay to 10 %, 8-bit Adam (on CUDA; fused AdamW on the CPU, where 8-bit
+    Adam is slow), label-free with stored-seed augmentation.
 
     Attributes:
         epochs: passes over the training set.
@@ -78,7 +79,8 @@ class TrainConfig:
         warmup_steps: linear warm-up steps (per optimizer step, not epoch).
         min_lr_ratio: final LR as a fraction of ``lr``.
         weight_decay: weight decay of the optimizer.
-        optimizer: ``adam8bit`` (bitsandbytes; falls back to AdamW with a warning) or ``adamw``.
+        optimizer: ``auto`` (8-bit Adam on CUDA, fused AdamW on the CPU; the log line says which),
+            ``adam8bit`` (bitsandbytes; falls back to AdamW with a warning) or ``adamw``.
         student_aug: ``store`` | ``fresh`` | ``none``, see the module docstring.
         mixup_alpha: Beta(α, α) mixup on the student's spectrograms; 0 turns it off.
         supervised: targets from the dataset's labels instead of a store (to train teachers).
@@ -102,7 +104,7 @@ class TrainConfig:
     warmup_steps: int = 5000
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    optimizer: str = "adam8bit"
+    optimizer: str = "auto"
     student_aug: str = "store"
     mixup_alpha: float = 0.0
     supervised: bool = False

@@ -103,3 +103,9 @@ def test_fused_state_resumes_into_a_fresh_optimizer():
 
 def test_docstring_examples():
     assert doctest.testmod(ced_train.optim, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_trainer_default_is_auto():
+    from ced_train.train import TrainConfig
+
+    assert TrainConfig().optimizer == "auto"
