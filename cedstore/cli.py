@@ -1,4 +1,4 @@
-"""The ``cedstore`` command: info, verify, dump, size, merge.
+"""The ``cedstore`` command: info, verify, dump, size, merge, import-ced-h5.
 
 Errors are one line on stderr, ``cedstore: error: <message>``, never a traceback; the exit
 status says what kind of error it was (EXIT_STATUS, also in ``cedstore --help``).
@@ -21,6 +21,7 @@ EXIT_STATUS = {
     1: "a file or its data is wrong (not a cedstore file, corrupt, incomplete), or the OS refused",
     2: "usage error: an unknown command, a missing or malformed argument",
     3: "internal error: a bug in cedstore, please report it",
+    4: "a package the command needs is missing (import-ced-h5: pip install 'cedstore[ced-original]')",
     130: "interrupted (Ctrl-C)",
     141: "standard output was closed early (e.g. piped into head); the usual status of a SIGPIPE",
 }
@@ -31,7 +32,8 @@ examples:
   cedstore verify teacher.ced
   cedstore dump teacher.ced --epoch 0 --sample-ids 0:5 --json
   cedstore size --num-samples 1904746 --num-classes 527 --k 20 --num-epochs 10
-  cedstore merge teacher.ced teacher.rank0.ced teacher.rank1.ced"""
+  cedstore merge teacher.ced teacher.rank0.ced teacher.rank1.ced
+  cedstore import-ced-h5 teacher.ced logits/ensemble5014/balanced/chunk_10"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +128,24 @@ def _cmd_merge(args) -> None:
     print(f"{args.out}: merged {len(args.shards)} shards")
 
 
+def _cmd_import_ced_h5(args) -> None:
+    from cedstore.import_ced import import_ced_h5  # noqa: PLC0415  (needs the ced-original extra)
+
+    names = None
+    if args.class_names:
+        with open(args.class_names, encoding="utf-8") as f:
+            names = [line.rstrip("\n") for line in f if line.strip()]
+    try:
+        store = import_ced_h5(args.out, args.logits_dir, num_classes=args.num_classes, class_names=names,
+                              key_prefix=args.key_prefix, overwrite=args.overwrite)
+    except FileExistsError as e:
+        _fail(f"{e} (use --overwrite to replace it)", 1)
+    except ImportError as e:
+        _fail(str(e), 4)
+    with store:
+        print(f"{args.out}: imported {store.num_epochs} epochs x {store.num_samples} records, k={store.k}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cedstore", description="Inspect, check and merge cedstore files.", epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"cedstore {cedstore.__version__}")
@@ -162,6 +182,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", help="the shards, each written by one rank")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(run=_cmd_merge)
+    p = sub.add_parser("import-ced-h5", help="one store from the original CED's logits_ep*_*.h5 + .parquet files",
+                       epilog="example: cedstore import-ced-h5 teacher.ced logits/ensemble5014/balanced/chunk_10 "
+                              "--key-prefix audio/")
+    p.add_argument("out", help="the store to write (appears only when the whole import succeeds)")
+    p.add_argument("logits_dir", help="the directory of logits_ep{E}_{rank}.h5 and .parquet files")
+    p.add_argument("--num-classes", type=int, default=527,
+                   help="C, the teacher's outputs; the files do not record it (default 527, AudioSet)")
+    p.add_argument("--class-names", help="a text file with one class name per line, recorded as the label space")
+    p.add_argument("--key-prefix", default="",
+                   help="prepended to each file name of the keys, e.g. audio/ when your TSV lists audio/x.wav "
+                        "(default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(run=_cmd_import_ced_h5)
     return parser
 
 

@@ -232,3 +232,35 @@ def test_an_epoch_missing_a_chunk_is_refused(logits_dir, tmp_path):
     with pytest.raises(InvalidInputError, match=r"logits_ep2_\*\.h5 have no record for 1 chunks of epoch 1, "
                                                 r"e\.g\. \['.*'\]"):
         import_ced_h5(tmp_path / "s.ced", src, num_classes=NUM_CLASSES)
+
+
+def _cli(*args):
+    from cedstore.cli import main  # noqa: PLC0415
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+def test_cli_import_ced_h5(logits_dir, tmp_path, capsys):
+    src, truth = logits_dir
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(NUM_CLASSES)))
+    out = tmp_path / "cli.ced"
+    assert _cli("import-ced-h5", out, src, "--num-classes", NUM_CLASSES, "--class-names", names,
+                "--key-prefix", "audio/") == 0
+    assert capsys.readouterr().out == f"{out}: imported 3 epochs x {len(truth)} records, k={K}\n"
+    with cedstore.open(out) as store:
+        assert sorted(store.keys) == sorted(f"audio/{key}" for key in truth)
+        assert store.metadata["label_space"] == cedstore.label_space([f"class {i}" for i in range(NUM_CLASSES)])
+    assert _cli("import-ced-h5", out, src, "--num-classes", NUM_CLASSES) == 1
+    assert capsys.readouterr().err.endswith("(use --overwrite to replace it)\n")
+
+
+def test_cli_import_ced_h5_without_the_extra_is_exit_4(logits_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)  # as if h5py were not installed
+    assert _cli("import-ced-h5", tmp_path / "x.ced", logits_dir[0]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("cedstore: error: import_ced_h5 needs h5py") and "cedstore[ced-original]" in err
+    assert not (tmp_path / "x.ced").exists()

@@ -161,7 +161,7 @@ def test_version_and_help(run):
     table = result.stdout.partition("exit status:\n")[2].partition("\n\n")[0].splitlines()
     assert [int(line.split()[0]) for line in table] == list(EXIT_STATUS)
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert sorted(commands) == ["dump", "info", "merge", "size", "verify"]
+    assert sorted(commands) == ["dump", "import-ced-h5", "info", "merge", "size", "verify"]
     for name, command in commands.items():  # an example, and help text for every argument
         assert f"example: cedstore {name} " in run(name, "--help").stdout
         assert all(action.help for action in command._actions), name
