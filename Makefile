@@ -13,6 +13,8 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	# The CPU build of torch; pinned so pip never pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[train,test]"
+	# The HEAR 2021 validator: its torch path needs none of its dependencies (tensorflow).
+	$(PY) -m pip install -q --no-deps hearvalidator
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +34,8 @@ bench: install
 	$(PY) benchmarks/frontend.py
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/sparse.py
+	$(PY) benchmarks/long_files.py
 
 # Fuzzing (tests/cedstore/fuzz_store.py): `make fuzz FUZZ_SECONDS=3600`, or FUZZ_INPUTS=100000;
 # findings (crash, hang, disagreement between the core and the reference) go to fuzz-crashes/.
