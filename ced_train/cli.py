@@ -63,9 +63,12 @@ def _fail(message: str, status: int, *, root_cause: bool = True):
     message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
     print(f"ced-train: error: {message}", file=sys.stderr)
     distributed = sys.modules.get("ced_train.distributed")  # (loaded by the commands that use torchrun)
-    if distributed is not None and root_cause and status != 130:
+    if distributed is not None and status != 130:
         sys.stderr.flush()
-        distributed.report_failure(f"ced-train: error: {message}")
+        if root_cause:
+            distributed.report_failure(f"ced-train: error: {message}")
+        else:
+            distributed.await_root_cause()
     raise SystemExit(status)
 
 

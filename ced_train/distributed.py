@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "barrier", "broadcast_object", "cleanup", "gather_object", "is_distributed",
-           "peer_failure", "report_failure", "setup"]
+           "await_root_cause", "peer_failure", "report_failure", "setup"]
 
 # What a collective raises (gloo, NCCL) when another process of the group has died.
 _PEER_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
@@ -37,6 +37,10 @@ _PEER_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Brok
 # torchrun's summary names the failure with the earliest timestamp, in whole seconds, as the root
 # cause: the failing process waits this long before it exits (and so before the others fail).
 _ROOT_CAUSE_MARGIN_S = 1.1
+# A process that only saw another one fail waits this long before it exits: the failing process
+# may lose the connection first (its sockets close as its error unwinds) and still be writing its
+# error, and torchrun records only the processes that ended before it stops the others.
+_PEER_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -170,3 +174,14 @@ def report_failure(message: str) -> None:
         json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": timestamp}}},
                   fh)
     time.sleep(_ROOT_CAUSE_MARGIN_S)
+
+
+def await_root_cause() -> None:
+    """Under torchrun, give the process that failed first time to report its error and exit, so
+    that it, not this one, is the job's root cause (torchrun stops this process meanwhile).
+
+    Example:
+        >>> await_root_cause()  # after reporting "stopped because another process failed"  # doctest: +SKIP
+    """
+    if _under_torchrun():
+        time.sleep(_PEER_GRACE_S)
