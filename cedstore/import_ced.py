@@ -38,7 +38,7 @@ import numpy as np
 
 from cedstore.errors import InvalidInputError
 from cedstore.store import Store
-from cedstore.writer import create, label_space
+from cedstore.writer import create_replacing, label_space
 
 __all__ = ["ORIGINAL_RECIPE_NAME", "import_ced_h5"]
 
@@ -211,10 +211,8 @@ def import_ced_h5(
                                         "appears twice in epoch 1 (a file listed twice in the TSV?)")
             ids[key] = len(ids)
     k = _num_values(files[0][0])
-    partial = out_path + ".partial"
-    writer = create(partial, num_classes=num_classes, k=k, num_samples=len(keys), num_epochs=len(files),
-                    keys=keys, metadata=_metadata(logits_dir, files, class_names), overwrite=True)
-    try:
+    with create_replacing(out_path, num_classes=num_classes, k=k, num_samples=len(keys), num_epochs=len(files),
+                          keys=keys, metadata=_metadata(logits_dir, files, class_names)) as writer:
         for epoch, row in enumerate(files):
             seen = np.zeros(len(keys), bool)
             for path in row:
@@ -225,12 +223,6 @@ def import_ced_h5(
                     f"{logits_dir}: logits_ep{epoch + 1}_*.h5 have no record for {len(unwritten)} "
                     f"chunks of epoch 1, e.g. {[keys[i] for i in unwritten[:5]]}"
                 )
-        writer.close(seal=True)
-    except BaseException:
-        writer.close(seal=False)
-        os.remove(partial)
-        raise
-    os.replace(partial, out_path)
     return Store(out_path)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError, UnwrittenRecordError
 from cedstore.store import Store
-from cedstore.writer import create
+from cedstore.writer import create_replacing
 
 _CHUNK = 1 << 16  # samples per pass: bounds memory to a few MiB per shard
 
@@ -91,12 +91,10 @@ def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], ove
         for shard in shards:
             shard.verify(require_complete=False)
             bar.update(num_records)
-        partial = out_path + ".partial"
         metadata = {name: value for name, value in first.metadata.items() if name != "writer"}
-        writer = create(partial, num_classes=first.num_classes, k=first.k, num_samples=first.num_samples,
-                        num_epochs=first.num_epochs, keys=first.keys, metadata=metadata,
-                        value_kind=first.value_kind, overwrite=True)
-        try:
+        with create_replacing(out_path, num_classes=first.num_classes, k=first.k, num_samples=first.num_samples,
+                              num_epochs=first.num_epochs, keys=first.keys, metadata=metadata,
+                              value_kind=first.value_kind) as writer:
             for epoch in range(first.num_epochs):
                 for start in range(0, first.num_samples, _CHUNK):
                     stop = min(start + _CHUNK, first.num_samples)
@@ -104,9 +102,3 @@ def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], ove
                     writer.write(epoch, np.arange(start, stop), values=records["values"],
                                  indices=records["indices"], seeds=records["seed"])
                     bar.update(stop - start)
-            writer.close(seal=True)
-        except BaseException:
-            writer.close(seal=False)
-            os.remove(partial)
-            raise
-    os.replace(partial, out_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
 import os
@@ -241,3 +242,25 @@ def resume(path: str | os.PathLike) -> Writer:
         >>> todo = np.flatnonzero(~w.written(0))
     """
     return Writer(_core.Writer.resume(os.fspath(path)))
+
+
+@contextlib.contextmanager
+def create_replacing(path: str | os.PathLike, **create_args: Any):
+    """A :func:`create` writer on ``PATH.partial`` that becomes ``path``, sealed, only when the
+    block ends without an error; on an error the partial file is removed (merge, imports).
+
+    Example:
+        >>> with create_replacing("merged.ced", num_classes=527, k=20, num_samples=n) as w:
+        ...     w.write(0, ids, probs=probs, seeds=seeds)
+    """
+    path = os.fspath(path)
+    partial = path + ".partial"
+    writer = create(partial, overwrite=True, **create_args)
+    try:
+        yield writer
+        writer.close(seal=True)
+    except BaseException:
+        writer.close(seal=False)
+        os.remove(partial)
+        raise
+    os.replace(partial, path)

@@ -72,16 +72,7 @@ def test_two_processes_write_the_same_bytes_as_one(workdir, single, tmp_path):
 
 
 def test_two_processes_finish_a_half_written_store(workdir, single, tmp_path):
-    # Unwrite records 1, 4 and 5 of epoch 0 and 6 of epoch 1, and unseal: an interrupted run.
-    data = bytearray(single.read_bytes())
-    epoch_table, records = struct.unpack_from("<Q", data, 80)[0], struct.unpack_from("<Q", data, 96)[0]
-    record_size, num_samples = 4 * 3 + 4, 7
-    for epoch, sample in [(0, 1), (0, 4), (0, 5), (1, 6)]:
-        start = records + (epoch * num_samples + sample) * record_size
-        data[start : start + record_size] = b"\xff" * record_size
-    data[epoch_table : epoch_table + 16] = bytes(16)
-    out = tmp_path / "half.ced"
-    out.write_bytes(bytes(data))
+    out = _half_written_copy(single, tmp_path / "half.ced")  # an interrupted run
     with cedstore.open(out) as store:
         assert [int(store.written(e).sum()) for e in range(2)] == [4, 6]
     torchrun(workdir, out)
