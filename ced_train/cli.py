@@ -454,13 +454,64 @@ def _run_export_onnx(args) -> int:
     return 0
 
 
+def _add_demo(parser) -> None:
+    _flag(parser, "--out", default="demo", metavar="DIR", help="output folder: data, stores, results.json/png",
+          example="--out demo-out")
+    _flag(parser, "--quick", action="store_true", help="toy sizes: the same path in seconds (the CI smoke test)",
+          example="--quick")
+    _flag(parser, "--student-seeds", metavar="S,...", default_text="0,1",
+          help="comma-separated pairing seeds; the four students are trained once per seed",
+          example="--student-seeds 0,1,2")
+    _flag(parser, "--store-epochs", type=int, default_text="40 (--quick: 2)",
+          help="augmentation epochs E of the augmented store", example="--store-epochs 20")
+    _flag(parser, "--student-epochs", type=int, default_text="120 (--quick: 2)",
+          help="training epochs of each student", example="--student-epochs 60")
+    _flag(parser, "--sweep-epochs", nargs="?", const="default", metavar="E,...", default_text="no sweep",
+          help="also train consistent students on the first E' stored epochs, for every pairing seed, and "
+               "plot them (results_sweep.png); without a value E' = 1,5,20,E", example="--sweep-epochs 1,5,20")
+    _flag(parser, "--jobs", type=int, default_text="2", help="trainings run side by side, one process each",
+          example="--jobs 1")
+    _flag(parser, "--threads", type=int, default_text="1", help="torch threads per job", example="--threads 2")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def demo_config(args):
+    """The :class:`ced_train.demo.DemoConfig` the ``ced-train demo`` flags ask for."""
+    import dataclasses
+
+    from ced_train.demo import DemoConfig
+
+    overrides = {name: getattr(args, name) for name in ("jobs", "threads", "store_epochs", "student_epochs")
+                 if getattr(args, name)}
+    if args.student_seeds:
+        overrides["student_seeds"] = _ints(args.student_seeds)
+    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.sweep_epochs == "default":
+        return dataclasses.replace(config, sweep_store_epochs=config.default_sweep())
+    if args.sweep_epochs:
+        return dataclasses.replace(config, sweep_store_epochs=_ints(args.sweep_epochs))
+    return config
+
+
+def _run_demo(args) -> int:
+    from ced_train.demo import demo
+
+    demo(args.out, demo_config(args))
+    return 0
+
+
 # ---- the command ---------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ced-train`` parser, one subcommand per step of the CED pipeline (imports torch)."""
     import cedstore
-    from ced_train import demo
 
     parser = _Parser(prog="ced-train", description="Consistent ensemble distillation (CED) for audio tagging.",
                      epilog=_EPILOG)
@@ -474,8 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tag": ("top classes of an audio file", _add_tag, _run_tag),
         "export-onnx": ("export a checkpoint to ONNX (log-mel -> logits, or --waveform)", _add_export_onnx,
                         _run_export_onnx),
-        "demo": ("the whole pipeline on bundled synthetic data (CPU, minutes)", demo.add_demo_arguments,
-                 demo.run_demo),
+        "demo": ("the whole pipeline on bundled synthetic data (CPU, minutes)", _add_demo, _run_demo),
     }
     examples = {line.split()[1]: line for line in EXAMPLES.splitlines()}
     for name, (help_text, add_arguments, run) in commands.items():

@@ -72,7 +72,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -95,7 +94,7 @@ from ced_train.extract import Ensemble, extract
 from ced_train.frontend import num_frames
 from ced_train.train import TrainConfig, train
 
-__all__ = ["STUDENTS", "DemoConfig", "add_demo_arguments", "run_demo", "demo", "format_table"]
+__all__ = ["STUDENTS", "DemoConfig", "demo", "format_table"]
 
 # name -> (store, student_aug): the paper's Table 3.
 STUDENTS = {
@@ -631,50 +630,3 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-# ---- command line ----------------------------------------------------------------------------
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``ced-train demo`` options to ``parser``."""
-    parser.add_argument("--out", default="demo", help="output folder (demo)")
-    parser.add_argument("--quick", action="store_true", help="toy sizes: the same path in seconds")
-    parser.add_argument("--student-seeds", default=None,
-                        help="comma-separated pairing seeds; the four students are trained once per seed (0,1)")
-    parser.add_argument("--store-epochs", type=int, help="augmentation epochs E of the augmented store (40)")
-    parser.add_argument("--student-epochs", type=int, help="training epochs of each student")
-    parser.add_argument("--sweep-epochs", nargs="?", const="default", default=None, metavar="E,...",
-                        help="also train consistent students on the first E' stored epochs, for every pairing "
-                             "seed, and plot them (results_sweep.png); without a value E' = 1,5,20,E")
-    parser.add_argument("--jobs", type=int, help="trainings run side by side, one process each (2)")
-    parser.add_argument("--threads", type=int, help="torch threads per job (1)")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    """The :class:`DemoConfig` the ``ced-train demo`` options ask for."""
-    overrides: dict[str, Any] = {}
-    for name in ("jobs", "threads", "store_epochs", "student_epochs"):
-        if getattr(args, name):
-            overrides[name] = getattr(args, name)
-    if args.student_seeds:
-        overrides["student_seeds"] = _ints(args.student_seeds)
-    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    if args.sweep_epochs == "default":
-        return dataclasses.replace(config, sweep_store_epochs=config.default_sweep())
-    if args.sweep_epochs:
-        return dataclasses.replace(config, sweep_store_epochs=_ints(args.sweep_epochs))
-    return config
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run ``ced-train demo``; returns the exit status."""
-    demo(args.out, config_from_args(args))
-    return 0

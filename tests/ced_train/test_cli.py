@@ -116,8 +116,6 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def test_every_flag_has_help_and_an_example():
     for name, command in _subcommands(build_parser()).items():
-        if name == "demo":  # ced_train.demo's own flags
-            continue
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

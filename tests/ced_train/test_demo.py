@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from ced_train.cli import main
-from ced_train.demo import STUDENTS, DemoConfig, add_demo_arguments, config_from_args, demo
+from ced_train.cli import build_parser, demo_config, main
+from ced_train.demo import STUDENTS, DemoConfig, demo
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +103,7 @@ def test_bad_configs_are_refused(overrides, message):
     (["--student-seeds", "3,4,5", "--student-epochs", "7"], dict(student_seeds=(3, 4, 5), student_epochs=7)),
 ])
 def test_options_make_the_config(argv, expected):
-    parser = argparse.ArgumentParser()
-    add_demo_arguments(parser)
-    config = config_from_args(parser.parse_args(argv))
+    config = demo_config(build_parser().parse_args(["demo", *argv]))
     for name, value in expected.items():
         assert getattr(config, name) == value, name
 

@@ -6,8 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ced_train"
-# demo.py still defines its own flags (add_demo_arguments), which cli.py mounts as `ced-train demo`.
-COMMAND_LINE = {"cli.py", "demo.py"}
+COMMAND_LINE = {"cli.py"}
 
 
 def _modules() -> dict[str, ast.Module]:
