@@ -66,7 +66,7 @@ repeated), not for the ordering of the students; the numbers below are measureme
   the clean-store students train beside the augmented extraction.
 
 Example:
-    $ ced-train demo --out demo/          # about 10 minutes on 2 idle cores
+    $ ced-train demo --out demo/          # about 8 minutes on 2 idle cores (490 s measured)
     $ ced-train demo --quick --out tmp/   # toy sizes, for CI
 """
 
