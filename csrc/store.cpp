@@ -31,14 +31,20 @@ uint64_t regular_file_size(int fd, const std::string& path) {
 // A rewrite of a record of this epoch is under way: its rewrite sequence is odd (FORMAT.md).
 bool rewriting(uint64_t entry) { return static_cast<uint32_t>(entry) == kEpochOpen && ((entry >> 32) & 1u) != 0; }
 
-// Whether a writer holds the writer lock of the file open as fd (lock_for_writing).
-bool writer_present(int fd) {
-#ifdef F_OFD_GETLK
+// The byte range of the writer lock, the header [0, 128), for fcntl with lock type `type`.
+struct flock header_lock(short type) {
     struct flock lock = {};
-    lock.l_type = F_WRLCK;
+    lock.l_type = type;
     lock.l_whence = SEEK_SET;
     lock.l_start = 0;
     lock.l_len = kHeaderSize;
+    return lock;
+}
+
+// Whether a writer holds the writer lock of the file open as fd (lock_for_writing).
+bool writer_present(int fd) {
+#ifdef F_OFD_GETLK
+    struct flock lock = header_lock(F_WRLCK);
     return ::fcntl(fd, F_OFD_GETLK, &lock) != 0 || lock.l_type != F_UNLCK;  // cannot tell: assume one
 #else
     if (::flock(fd, LOCK_SH | LOCK_NB) != 0) return true;
@@ -83,11 +89,7 @@ void lock_for_writing(int fd, const std::string& path) {
     // An open-file-description lock: held by this open, not by the process, so a second
     // Writer in the same process conflicts too, and it ends when the descriptor is closed.
     // Byte-range, so a later mode may let writers of disjoint records share the file.
-    struct flock lock = {};
-    lock.l_type = F_WRLCK;
-    lock.l_whence = SEEK_SET;
-    lock.l_start = 0;
-    lock.l_len = kHeaderSize;
+    struct flock lock = header_lock(F_WRLCK);
 #ifdef F_OFD_SETLK
     if (::fcntl(fd, F_OFD_SETLK, &lock) == 0) return;
 #else
@@ -97,6 +99,15 @@ void lock_for_writing(int fd, const std::string& path) {
         fail(ErrorKind::kLocked, path, ": another writer has this file open for writing (it holds the writer lock); "
              "close that writer first");
     fail_os("locking for writing", path);
+}
+
+void unlock_for_writing(int fd) {
+#ifdef F_OFD_SETLK
+    struct flock lock = header_lock(F_UNLCK);
+    ::fcntl(fd, F_OFD_SETLK, &lock);
+#else
+    ::flock(fd, LOCK_UN);
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------

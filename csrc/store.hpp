@@ -81,6 +81,7 @@ std::pair<std::shared_ptr<Mapping>, Header> open_store(const std::string& path, 
 // The writer lock (FORMAT.md, "Writers"): an exclusive open-file-description lock on the header
 // bytes [0, 128). CedStoreError naming path when another writer holds it.
 void lock_for_writing(int fd, const std::string& path);
+void unlock_for_writing(int fd);
 
 // Values of a batch given as float32, or as float16 bits.
 struct FloatArray {

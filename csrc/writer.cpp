@@ -133,18 +133,7 @@ void Writer::check_open() const {
     if (closed_.load()) fail(ErrorKind::kWriterClosed, path_, ": the writer is closed");
 }
 
-void Writer::unlock() const {
-    struct flock lock = {};
-    lock.l_type = F_UNLCK;
-    lock.l_whence = SEEK_SET;
-    lock.l_start = 0;
-    lock.l_len = kHeaderSize;
-#ifdef F_OFD_SETLK
-    ::fcntl(map_->fd(), F_OFD_SETLK, &lock);
-#else
-    ::flock(map_->fd(), LOCK_UN);
-#endif
-}
+void Writer::unlock() const { unlock_for_writing(map_->fd()); }
 
 void Writer::written(int64_t epoch, bool* out) const {
     check_open();
