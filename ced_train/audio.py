@@ -1,15 +1,22 @@
 """Decoding audio exactly: one file, or one chunk of it, as float32 mono at the dataset's rate.
 
-A file at the target rate is read from ``start`` to ``end``. A file at another rate is read
-only around the chunk (:func:`resample_window`): the window starts on a resampling period (so
-its output samples fall on the whole file's output grid) and reaches ``RESAMPLE_MARGIN`` output
-samples beyond each end of the chunk (so soxr's filter sees the same neighbours). Cost and
-memory are bounded by the chunk, not the file. The result equals resampling the whole file and
-slicing to within about one float32 rounding step (soxr works in float32 in blocks whose
-phase depends on where its input starts; tests/ced_train/test_audio_window.py measures
-it), and is exactly equal when the window starts at the file's first frame. The samples of a
-chunk never depend on how it was fetched. Lengths after resampling are computed in exact
-integers (:func:`resampled_length`).
+A file at the target rate is read from ``start`` to ``end``. A file at another rate has one
+canonical resampling, defined segment by segment: output segment ``k`` is the samples
+``[k·L, (k+1)·L)`` with ``L = SEGMENT_SECONDS`` seconds at the target rate (a multiple of the
+output period, since that period divides the target rate), computed by :func:`resample_segment`
+from the input frames around it only (:func:`resample_window`: a window that starts on a
+resampling period, so its output falls on the file's output grid, and reaches
+``RESAMPLE_MARGIN`` output samples beyond each end of the segment, so soxr's filter sees the
+same neighbours), keeping the segment's own samples. :func:`load_audio` and :func:`resample`
+compute every segment, :func:`load_chunk` only the segments a chunk overlaps; all call the
+same segment function on the same input frames, and soxr is deterministic, so a chunk is
+bit-for-bit the same samples of the whole file however it is fetched. (One soxr call over the
+whole file would not do: soxr works in float32 blocks whose phase follows where its input
+starts, so a window differs from it by a float32 rounding step or two.) Cost and memory are
+bounded by the chunk plus at most two segments and their margins, not by the file. A dataset
+chunk of ``SEGMENT_SECONDS`` starts on a segment and is exactly one. Lengths after resampling
+are computed in exact integers (:func:`resampled_length`). ``RESAMPLER`` names this definition
+(a store records it: other resampled bits give other teacher records).
 
 Every decoded chunk is checked to be finite: NaN or Inf audio is a :class:`DataError` naming
 the file.
@@ -32,9 +39,9 @@ import soxr
 
 from ced_train.errors import DataError
 
-__all__ = ["AUDIO_SUFFIXES", "MIN_CLIP_SECONDS", "RESAMPLE_MARGIN", "SAMPLE_RATE", "audio_info",
-           "check_length", "load_audio", "load_chunk", "read_frames", "resample", "resample_window",
-           "resampled_length", "scan_file"]
+__all__ = ["AUDIO_SUFFIXES", "MIN_CLIP_SECONDS", "RESAMPLER", "RESAMPLE_MARGIN", "SAMPLE_RATE", "SEGMENT_SECONDS",
+           "audio_info", "check_length", "load_audio", "load_chunk", "read_frames", "resample", "resample_segment",
+           "resample_window", "resampled_length", "scan_file"]
 
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -43,7 +50,11 @@ MIN_CLIP_SECONDS = 0.15
 # Output samples decoded beyond each end of a chunk: soxr's filter reaches < 0.05 s at every
 # rate from 8 to 48 kHz; 0.128 s leaves the chunk's samples independent of the window's edges.
 RESAMPLE_MARGIN = 2048
-# load_audio and scan_file work through a long file in blocks of this many output samples.
+# Seconds of output per resampling segment: a default 10 s dataset chunk is exactly one segment.
+SEGMENT_SECONDS = 10
+# The resampling's identity, recorded in stores (see the module doc); change it with the bits.
+RESAMPLER = f"soxr HQ in {SEGMENT_SECONDS} s segments, margin {RESAMPLE_MARGIN} (1)"
+# scan_file works through a long file in blocks of this many output samples.
 _BLOCK = 60 * SAMPLE_RATE
 
 
@@ -88,14 +99,48 @@ def resample_window(rate: int, target: int, start: int, end: int, num_frames: in
     return first_period * period_in, min(num_frames, stop_period * period_in), first_period * period_out
 
 
-def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """``x`` at ``rate`` resampled to ``target`` with soxr: exactly :func:`resampled_length` samples."""
-    if rate == target:
-        return x
+def _soxr(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """One soxr call: exactly :func:`resampled_length` samples."""
     y = soxr.resample(x, rate, target).astype(np.float32, copy=False)
     n = resampled_length(len(x), rate, target)
     # Guard against a soxr version that rounds differently: keys promise exactly n samples.
     return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
+
+
+def resample_segment(read: Callable[[int, int], np.ndarray], rate: int, target: int, index: int,
+                     num_frames: int) -> np.ndarray:
+    """Segment ``index`` of the canonical resampling (see the module doc) of ``num_frames`` frames
+    at ``rate``: output samples ``[index·L, min((index+1)·L, n))``, ``L = SEGMENT_SECONDS·target``.
+
+    ``read(first, stop)`` returns input frames ``[first, stop)`` as float32 mono; only the
+    segment's window is read. Fewer samples come back when ``read`` returns fewer frames.
+
+    Example:
+        >>> x = np.zeros(44100 * 25, np.float32)
+        >>> len(resample_segment(lambda a, b: x[a:b], 44100, 16000, 2, len(x)))
+        80000
+    """
+    size = SEGMENT_SECONDS * target
+    start, end = index * size, min(resampled_length(num_frames, rate, target), (index + 1) * size)
+    first, stop, offset = resample_window(rate, target, start, end, num_frames)
+    return _soxr(read(first, stop), rate, target)[start - offset:end - offset]
+
+
+def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``x`` at ``rate`` resampled to ``target``: the canonical resampling, segment by segment
+    (see the module doc), exactly :func:`resampled_length` samples.
+
+    Example:
+        >>> len(resample(np.zeros(441, np.float32), 44100, 16000))
+        160
+    """
+    if rate == target:
+        return x
+    n, size = resampled_length(len(x), rate, target), SEGMENT_SECONDS * target
+    out = np.empty(n, dtype=np.float32)
+    for index in range(-(-n // size)):
+        out[index * size:(index + 1) * size] = resample_segment(lambda a, b: x[a:b], rate, target, index, len(x))
+    return out
 
 
 def audio_info(path: Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.0) -> tuple[int, int]:
@@ -141,8 +186,9 @@ def load_chunk(path: Path, rate: int, start: int, end: int, sample_rate: int = S
                key: str | None = None, num_frames: int | None = None,
                read: Callable[[int, int], np.ndarray] | None = None) -> np.ndarray:
     """Samples ``[start, end)`` at ``sample_rate`` of a file whose own rate is ``rate`` and
-    length ``num_frames`` frames (read from its header when None); only a window around the
-    chunk is decoded (see the module doc). ``read(first, stop)`` reads frames as float32 mono
+    length ``num_frames`` frames (read from its header when None); only the resampling segments
+    the chunk overlaps are decoded, so the samples are those of :func:`load_audio` bit for bit
+    (see the module doc). ``read(first, stop)`` reads frames as float32 mono
     (default: :func:`read_frames` of ``path``; ``ced_train.packs`` passes a pack reader).
 
     Raises:
@@ -154,8 +200,12 @@ def load_chunk(path: Path, rate: int, start: int, end: int, sample_rate: int = S
         x = read(start, end)
     else:
         num_frames = sf.info(str(path)).frames if num_frames is None else num_frames
-        first, stop, offset = resample_window(rate, sample_rate, start, end, num_frames)
-        x = resample(read(first, stop), rate, sample_rate)[start - offset:end - offset]
+        size = SEGMENT_SECONDS * sample_rate
+        parts = []
+        for index in range(start // size, -(-end // size)):
+            segment = resample_segment(read, rate, sample_rate, index, num_frames)
+            parts.append(segment[max(0, start - index * size):end - index * size])
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if len(x) != end - start:
         raise DataError(
             f"{path}: chunk {key or f'{start}-{end}'}: expected {end - start} samples, decoded "
@@ -190,8 +240,8 @@ def scan_file(path: Path, rate: int, num_frames: int, sample_rate: int = SAMPLE_
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.0) -> np.ndarray:
     """Decode a whole audio file as float32 mono at ``sample_rate``.
 
-    A long file is decoded and resampled in blocks (:func:`load_chunk`), so memory beyond the
-    output is bounded by a block, not the file.
+    A long file is decoded and resampled segment by segment (:func:`load_chunk`), so memory
+    beyond the output is bounded by a segment, not the file.
 
     Args:
         path: any file libsndfile reads (wav, flac, ogg, ...).
@@ -211,7 +261,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_seco
     rate, num_frames = audio_info(path, sample_rate, min_seconds)
     n = resampled_length(num_frames, rate, sample_rate)
     out = np.empty(n, dtype=np.float32)
-    for start in range(0, n, _BLOCK):
-        end = min(n, start + _BLOCK)
+    block = SEGMENT_SECONDS * sample_rate
+    for start in range(0, n, block):
+        end = min(n, start + block)
         out[start:end] = load_chunk(path, rate, start, end, sample_rate, num_frames=num_frames)
     return out
