@@ -3,12 +3,12 @@
 A store is only useful with the audio, teacher, recipe and label space it was made from. This
 module writes that provenance at extraction and checks it everywhere a store is used:
 
-- :func:`store_metadata`: what an extraction writes (recipe, frontend, teacher, teacher input,
-  label space, dataset hash, base seed);
+- :func:`store_metadata`: what an extraction writes (recipe, frontend, resampler, teacher,
+  teacher input, label space, dataset hash, base seed);
 - :func:`check_same_extraction`: a resumed extraction must find exactly that in the file;
 - :func:`stored_recipe`, :func:`stored_frontend`, :func:`stored_teacher_input`: reading it back
   (the one place that turns metadata into a ``Recipe``);
-- :func:`check_student_fits`: the student's class count, frontend and class names;
+- :func:`check_student_fits`: the student's class count, frontend, resampler and class names;
 - :func:`join`: dataset keys to store records, with the coverage report;
 - :func:`training_recipe`: which recipe (if any) the student's input gets, and whether the
   consistent input is the waveform shift only;
@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import cedstore
+from ced_train.audio import RESAMPLER
 from ced_train.augment import Recipe
 from ced_train.errors import CedTrainError, StoreMismatchError
 from ced_train.frontend import FrontendConfig
@@ -100,6 +101,8 @@ def store_metadata(
         "teacher": description,
         "teacher_input": teacher_input,
         "frontend": frontend_config.to_dict(),
+        # the audio's bits at the dataset's rate: a resumed extraction must resample as this one
+        "resampler": RESAMPLER,
         "dataset_sha256": dataset_sha256(dataset),
         "base_seed": base_seed,
     }
@@ -215,7 +218,8 @@ def stored_teacher_input(store: cedstore.Store) -> str:
 
 
 def check_student_fits(store: cedstore.Store, model, class_names: Sequence[str] | None = None) -> None:
-    """Refuse a store whose class count, log-mel settings or class names differ from the student's.
+    """Refuse a store whose class count, log-mel settings, resampler (when recorded) or class names
+    differ from the student's.
 
     Args:
         store: the teacher store.
@@ -238,6 +242,12 @@ def check_student_fits(store: cedstore.Store, model, class_names: Sequence[str] 
         raise StoreMismatchError(
             f"{store.path}: the teacher's inputs were computed with frontend {frontend}, the "
             f"student's frontend is {FrontendConfig(n_mels=n_mels).to_dict()}"
+        )
+    resampler = store.metadata.get("resampler")
+    if resampler is not None and resampler != RESAMPLER:
+        raise StoreMismatchError(
+            f"{store.path}: the teacher heard audio resampled by {resampler!r}, the student's audio is "
+            f"resampled by {RESAMPLER!r}; extract the store again with this version"
         )
     space = store.metadata.get("label_space")
     if class_names is not None and isinstance(space, dict) and "names_sha256" in space:

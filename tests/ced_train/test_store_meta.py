@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,3 +91,20 @@ def test_a_store_imported_from_the_original_ced_refuses_stored_seed_augmentation
     assert training_recipe(store, "none") == (None, False)
     with pytest.raises(StoreMismatchError, match=r"imported\.ced: its augmentation recipe is 'ced-original'"):
         stored_recipe(store)
+
+
+def test_a_store_records_its_resampler_and_refuses_another_on_resume_and_training(stores, tmp_path):
+    from ced_train.audio import RESAMPLER
+    from ced_train.extract import Ensemble, extract
+    assert stores["augmented"].metadata["resampler"] == RESAMPLER
+    check_student_fits(stores["augmented"], tiny_model())
+    path = tmp_path / "old.ced"
+    run = dict(store_epochs=1, k=3, recipe=None, batch_size=4, progress=False)
+    extract(Ensemble([tiny_model(seed=99).eval()]), stores["dataset"], path, metadata={"resampler": "soxr (0)"}, **run)
+    with pytest.raises(StoreMismatchError, match=rf"refusing to resume: .*metadata 'resampler' is \"soxr \(0\)\" in "
+                                                 rf"the store, \"{re.escape(RESAMPLER)}\" in this extraction"):
+        extract(Ensemble([tiny_model(seed=99).eval()]), stores["dataset"], path, **run)
+    with cedstore.open(path) as store, pytest.raises(
+            StoreMismatchError, match=rf"old\.ced: the teacher heard audio resampled by 'soxr \(0\)', the student's "
+                                      rf"audio is resampled by '{re.escape(RESAMPLER)}'; extract the store again"):
+        check_student_fits(store, tiny_model())
