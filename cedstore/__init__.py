@@ -31,6 +31,8 @@ from cedstore.errors import (
 )
 from cedstore.format import FORMAT_VERSION
 from cedstore.merge import merge
+from cedstore import shards  # compact per-rank shards: create_shard, resume_shard, merge_shards
+from cedstore.shards import create_shard, merge_shards, resume_shard
 from cedstore import targets  # tail policies: cedstore.targets.dense(store, epoch, ids, tail="uniform")
 from cedstore.sizes import storage_bytes
 from cedstore.store import JoinReport, Store, open
@@ -43,6 +45,10 @@ __all__ = [
     "resume",
     "open",
     "merge",
+    "shards",
+    "create_shard",
+    "resume_shard",
+    "merge_shards",
     "storage_bytes",
     "targets",
     "label_space",

@@ -25,7 +25,8 @@ KEYS = [f"clip{i:03d}.wav" for i in range(12)]
 def test_public_surface():
     assert cedstore.__version__ == "0.1.0" and cedstore.FORMAT_VERSION == 1
     assert sorted(cedstore.__all__) == sorted([
-        "__version__", "FORMAT_VERSION", "create", "resume", "open", "merge", "storage_bytes", "targets", "label_space",
+        "__version__", "FORMAT_VERSION", "create", "resume", "open", "merge", "shards", "create_shard", "resume_shard",
+        "merge_shards", "storage_bytes", "targets", "label_space",
         "Store", "Writer", "JoinReport", "CedStoreError", "FormatError", "UnsupportedVersionError",
         "IntegrityError", "UnwrittenRecordError", "WriterClosedError", "InvalidInputError",
     ])
