@@ -10,7 +10,9 @@ target that is ``tail[b]`` for every class outside row b's top-K and ``values[b,
 - ``renormalize``: softmax probabilities; the top-K rescaled to sum to 1, the tail 0.
 
 Policies are applied on request: ``Store.dense`` and ``Store.topk`` return what is stored.
-Numpy only, vectorised over the batch.
+``dense``, ``sparse`` and ``cedstore.torch.TargetDataset`` without ``tail=`` apply the policy
+the store's writer recorded (metadata ``tail_policy``, ``zero`` when absent; see
+``recorded_tail``). Numpy only, vectorised over the batch.
 
 Example:
     >>> from cedstore import targets
@@ -53,6 +55,32 @@ def check_tail(store, tail: str) -> str:
     return tail
 
 
+def recorded_tail(store) -> str:
+    """The policy the store's writer recorded: metadata ``tail_policy``, ``zero`` when absent,
+    checked against the store like a requested one.
+
+    Raises:
+        InvalidInputError: a recorded policy this cedstore does not know (FORMAT.md: never
+            applied silently), or one that does not fit the store (see check_tail).
+
+    Example:
+        >>> targets.recorded_tail(cedstore.open("teacher.ced"))
+        'zero'
+    """
+    tail = store.metadata.get("tail_policy", "zero")
+    if tail not in TAIL_POLICIES:
+        raise InvalidInputError(
+            f"{store.path}: the store records tail_policy {tail!r}, which this cedstore does not know "
+            f"(it knows {', '.join(TAIL_POLICIES)}): name one of them explicitly"
+        )
+    return check_tail(store, tail)
+
+
+def resolve_tail(store, tail: str | None) -> str:
+    """``tail`` checked against the store (check_tail), or the recorded policy when ``tail`` is None."""
+    return recorded_tail(store) if tail is None else check_tail(store, tail)
+
+
 def temperature(store) -> float:
     """The softmax temperature the teacher's outputs were stored at: metadata ``temperature``, 1.0 if absent.
 
@@ -84,17 +112,17 @@ def apply_tail(values: np.ndarray, num_classes: int, tail: str) -> tuple[np.ndar
     return values, fill.astype(np.float32)
 
 
-def sparse(store, epoch: int, sample_ids, tail: str = "zero"):
-    """Top-K with a tail policy applied, without densifying.
+def sparse(store, epoch: int, sample_ids, tail: str | None = None):
+    """Top-K with a tail policy applied (None: the recorded one), without densifying.
 
     Returns:
         (values float32 [B, K], indices int64 [B, K], tail float32 [B], seeds int32 [B]): the
         target of row b is ``tail[b]`` outside ``indices[b]`` and ``values[b, j]`` at ``indices[b, j]``.
 
     Raises:
-        InvalidInputError: see check_tail; and the errors of Store.topk.
+        InvalidInputError: see check_tail and recorded_tail; and the errors of Store.topk.
     """
-    check_tail(store, tail)
+    tail = resolve_tail(store, tail)
     values, indices, seeds = store.topk(epoch, sample_ids)
     values, fill = apply_tail(values, store.num_classes, tail)
     return values, indices, fill, seeds
@@ -114,18 +142,20 @@ def densify(values: np.ndarray, indices: np.ndarray, tail: np.ndarray, num_class
     return out
 
 
-def dense(store, epoch: int, sample_ids, tail: str = "zero", out: np.ndarray | None = None):
-    """Dense targets with a tail policy applied: (targets float32 [B, C], seeds int32 [B]).
+def dense(store, epoch: int, sample_ids, tail: str | None = None, out: np.ndarray | None = None):
+    """Dense targets with a tail policy applied (None: the recorded one): (targets float32
+    [B, C], seeds int32 [B]).
 
     ``tail="zero"`` is ``store.dense(epoch, sample_ids)``.
 
     Raises:
-        InvalidInputError: see check_tail; and the errors of Store.dense.
+        InvalidInputError: see check_tail and recorded_tail; and the errors of Store.dense.
 
     Example:
         >>> targets, seeds = cedstore.targets.dense(store, epoch % store.num_epochs, ids, tail="uniform")
     """
-    if check_tail(store, tail) == "zero":
+    tail = resolve_tail(store, tail)
+    if tail == "zero":
         return store.dense(epoch, sample_ids, 0.0, out)
     values, indices, fill, seeds = sparse(store, epoch, sample_ids, tail)
     return densify(values, indices, fill, store.num_classes, out), seeds

@@ -157,21 +157,22 @@ class TargetDataset(torch.utils.data.Dataset):
         store: a Store or the path of one.
         epoch: the stored epoch that plain ids read.
         fill: dense mode, tail "zero": value of the classes outside each record's top-k.
-        tail: tail policy, "zero", "uniform" or "renormalize" (cedstore.targets).
+        tail: tail policy, "zero", "uniform" or "renormalize" (cedstore.targets); None
+            (default): the one the store records (metadata tail_policy, "zero" when absent).
         sparse: yield top-K batches instead of dense targets.
 
     Raises:
         IndexError: epoch out of range.
-        InvalidInputError: a tail policy that is unknown or does not fit the store, or a
-            `fill` other than 0 with another policy.
+        InvalidInputError: a tail policy (requested or recorded) that is unknown or does not
+            fit the store, or a `fill` other than 0 with another policy.
     """
 
     def __init__(self, store: Store | str | os.PathLike, epoch: int = 0, fill: float = 0.0,
-                 tail: str = "zero", sparse: bool = False):
+                 tail: str | None = None, sparse: bool = False):
         self.store = store if isinstance(store, Store) else Store(store)
         self._epoch = self.store._check_epoch(epoch)
-        self.tail = _targets.check_tail(self.store, tail)
-        if fill != 0 and (tail != "zero" or sparse):
+        self.tail = _targets.resolve_tail(self.store, tail)
+        if fill != 0 and (self.tail != "zero" or sparse):
             raise InvalidInputError(f"{self.store.path}: fill = {fill} applies to dense targets with tail 'zero' only")
         self.fill, self.sparse = fill, sparse
 

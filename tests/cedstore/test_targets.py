@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cedstore
-from cedstore import targets
-from cedstore_helpers import create_store
+from cedstore import _core, targets
+from cedstore_helpers import create_store, make_teacher, write_with
 
 NUM_CLASSES, K, NUM_SAMPLES = 9, 3, 12
 
@@ -126,3 +126,34 @@ def test_store_dense_takes_a_tail_policy(tmp_path, store_path):
         store.dense(0, [0], tail="none")
     with pytest.raises(cedstore.InvalidInputError, match=r"tail policy 'renormalize' needs softmax probabilities"):
         cedstore.open(store_path).dense(0, [0], tail="renormalize")
+
+
+@pytest.mark.parametrize("recorded", [None, "zero", "uniform", "renormalize"])
+def test_without_tail_the_recorded_policy_applies(tmp_path, recorded):
+    meta = {"activation": "softmax", **({"tail_policy": recorded} if recorded else {})}
+    store, probs = softmax_store(tmp_path / "s.ced", meta)
+    policy = recorded or "zero"  # FORMAT.md: absent means zero
+    assert targets.recorded_tail(store) == policy
+    ids = [4, 1, 4]
+    np.testing.assert_allclose(targets.dense(store, 0, ids)[0], reference_dense(probs[ids], policy), rtol=1e-6, atol=1e-7)
+    for got, expected in zip(targets.sparse(store, 0, ids), targets.sparse(store, 0, ids, tail=policy)):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(targets.dense(store, 0, ids, tail="zero")[0], store.dense(0, ids)[0])  # a request wins
+    pytest.importorskip("torch")
+    from cedstore.torch import TargetDataset
+
+    assert TargetDataset(store).tail == policy and TargetDataset(store, tail="zero").tail == "zero"
+
+
+def test_a_recorded_policy_that_is_unknown_or_does_not_fit_is_refused(tmp_path):
+    unknown = cedstore.open(write_with(_core.Writer, tmp_path / "u.ced", make_teacher(1, 2, 4), 2,
+                                       metadata_json=b'{"activation":"softmax","tail_policy":"entropy","writer":"x"}'))
+    message = (r"u.ced: the store records tail_policy 'entropy', which this cedstore does not know "
+               r"\(it knows zero, uniform, renormalize\): name one of them explicitly")
+    with pytest.raises(cedstore.InvalidInputError, match=message):
+        targets.dense(unknown, 0, [0])  # FORMAT.md: never applied silently
+    assert targets.dense(unknown, 0, [0], tail="zero")[0].shape == (1, 4)
+    unfit = cedstore.open(write_with(_core.Writer, tmp_path / "f.ced", make_teacher(1, 2, 4), 2,
+                                     metadata_json=b'{"activation":"sigmoid","tail_policy":"uniform","writer":"x"}'))
+    with pytest.raises(cedstore.InvalidInputError, match=r"f.ced: tail policy 'uniform' needs softmax probabilities"):
+        targets.sparse(unfit, 0, [0])
