@@ -237,7 +237,8 @@ def scan_file(path: Path, rate: int, num_frames: int, sample_rate: int = SAMPLE_
         _check_finite(path, x, start, end)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.0) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
+               min_seconds: float = MIN_CLIP_SECONDS) -> np.ndarray:
     """Decode a whole audio file as float32 mono at ``sample_rate``.
 
     A long file is decoded and resampled segment by segment (:func:`load_chunk`), so memory
@@ -246,7 +247,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_seco
     Args:
         path: any file libsndfile reads (wav, flac, ogg, ...).
         sample_rate: output rate; the file is resampled with soxr when it differs.
-        min_seconds: refuse a shorter file.
+        min_seconds: refuse a shorter file; default ``MIN_CLIP_SECONDS``, the shortest clip a CED
+            model takes (16 frames); pass 0.0 to take any length.
 
     Returns:
         float32 array ``[S]``: the mean of the channels, resampled.

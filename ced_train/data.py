@@ -32,8 +32,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ced_train.audio import (AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, check_length, load_chunk, resampled_length,
-                             scan_file)
+from ced_train.audio import (AUDIO_SUFFIXES, MIN_CLIP_SECONDS, SAMPLE_RATE, audio_info, check_length, load_chunk,
+                             resampled_length, scan_file)
 from ced_train.errors import CedTrainError, DataError
 from ced_train.manifest import read_tsv
 from ced_train.packs import dataset_name, pack_info, read_pack_frames
@@ -151,7 +151,7 @@ class AudioDataset:
         sample_rate: int = SAMPLE_RATE,
         skip_bad: bool = False,
         cache: bool = False,
-        min_seconds: float = 0.0,
+        min_seconds: float = MIN_CLIP_SECONDS,
     ) -> "AudioDataset":
         """Read a TSV manifest: a header row, a ``filename`` column, an optional ``labels`` column.
 
@@ -173,8 +173,9 @@ class AudioDataset:
                 middle or holding NaN/Inf is skipped here, before the keys are fixed, and never
                 stops a run half-way.
             cache: keep decoded chunks in memory (for small datasets read many times).
-            min_seconds: refuse (or skip) files shorter than this; the command line passes
-                ``ced_train.audio.MIN_CLIP_SECONDS``, the shortest clip a CED model takes.
+            min_seconds: refuse (or, with ``skip_bad``, skip) files shorter than this; default
+                ``ced_train.audio.MIN_CLIP_SECONDS``, the shortest clip a CED model takes (16
+                frames); pass 0.0 to take any length.
 
         Returns:
             The dataset, chunks in TSV row order then time order.
@@ -214,7 +215,7 @@ class AudioDataset:
         sample_rate: int = SAMPLE_RATE,
         skip_bad: bool = False,
         cache: bool = False,
-        min_seconds: float = 0.0,
+        min_seconds: float = MIN_CLIP_SECONDS,
     ) -> "AudioDataset":
         """Every ``.wav``/``.flac``/``.ogg`` file under a folder (recursive, sorted), unlabelled.
 

@@ -41,7 +41,7 @@ def test_tsv_with_wav_flac_ogg(tmp_path):
     _write(tmp_path / "sub" / "b.flac", _wave(900, 2), subtype="PCM_24")
     _write(tmp_path / "c.ogg", _wave(1000, 3))
     tsv = write_tsv(tmp_path / "m.tsv", ["a.wav", "sub/b.flac", "c.ogg"], [[0, 2], [], [4]])
-    ds = AudioDataset.from_tsv(tsv)
+    ds = AudioDataset.from_tsv(tsv, min_seconds=0.0)
     assert ds.num_classes == 5  # inferred: max label + 1
     assert ds.keys == ["a.wav#0-800", "sub/b.flac#0-900", "c.ogg#0-1000"]
     assert ds.lengths.tolist() == [800, 900, 1000]
@@ -60,14 +60,14 @@ def test_tsv_absolute_paths_extra_columns_and_num_classes(tmp_path):
     tsv = tmp_path / "lists" / "m.tsv"
     tsv.parent.mkdir()
     tsv.write_text(f"id\tfilename\tlabels\n7\t{a}\t1\n")
-    ds = AudioDataset.from_tsv(tsv, num_classes=10)
+    ds = AudioDataset.from_tsv(tsv, num_classes=10, min_seconds=0.0)
     assert ds.keys == [f"{a}#0-500"] and ds.num_classes == 10
     assert ds.labels([0]).shape == (1, 10)
 
 
 def test_tsv_without_labels_column(tmp_path):
     _write(tmp_path / "a.wav", _wave(500))
-    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "m.tsv", ["a.wav"]))
+    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "m.tsv", ["a.wav"]), min_seconds=0.0)
     assert ds.labels([0]) is None and ds.num_classes is None
     assert "target" not in ds[0]
 
@@ -76,14 +76,14 @@ def test_folder_is_recursive_sorted_and_filtered(tmp_path):
     for name in ["z.wav", "b/y.FLAC", "b/a.ogg", "a.wav"]:
         _write(tmp_path / name, _wave(400))
     (tmp_path / "notes.txt").write_text("not audio")
-    ds = AudioDataset.from_folder(tmp_path)
+    ds = AudioDataset.from_folder(tmp_path, min_seconds=0.0)
     assert ds.keys == ["a.wav#0-400", "b/a.ogg#0-400", "b/y.FLAC#0-400", "z.wav#0-400"]
     assert ds.labels([0]) is None and ds.num_classes is None
 
 
 def test_stereo_is_downmixed_to_the_mean(tmp_path):
     x = _wave(600, channels=2)
-    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "m.tsv", [_write(tmp_path / "s.wav", x).name]))
+    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "m.tsv", [_write(tmp_path / "s.wav", x).name]), min_seconds=0.0)
     np.testing.assert_allclose(ds[0]["wave"], x.mean(axis=1), atol=1e-7)
 
 
@@ -91,7 +91,7 @@ def test_resampling_44k1_keeps_a_1khz_tone_at_1khz(tmp_path):
     sr = 44100
     t = np.arange(sr) / sr  # 1 s
     _write(tmp_path / "t.wav", (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), sr=sr)
-    ds = AudioDataset.from_folder(tmp_path)
+    ds = AudioDataset.from_folder(tmp_path, min_seconds=0.0)
     assert ds.keys == ["t.wav#0-16000"]
     y = ds[0]["wave"]
     assert y.shape == (16000,) and y.dtype == np.float32
@@ -142,7 +142,7 @@ def test_chunks_tile_the_file(n, chunk):
 def test_long_file_chunks_keys_and_padding(tmp_path):
     x = _wave(4000)
     _write(tmp_path / "long.wav", x)
-    ds = AudioDataset.from_folder(tmp_path, chunk_seconds=0.1)
+    ds = AudioDataset.from_folder(tmp_path, chunk_seconds=0.1, min_seconds=0.0)
     assert ds.keys == ["long.wav#0-1600", "long.wav#1600-3200", "long.wav#3200-4000"]
     np.testing.assert_array_equal(ds[1]["wave"], x[1600:3200])
     last = ds[2]["wave"]
@@ -153,7 +153,7 @@ def test_long_file_chunks_keys_and_padding(tmp_path):
 
 def test_resampled_chunks_slice_the_resampled_file(tmp_path):
     _write(tmp_path / "r.flac", _wave(22050 * 3 // 10), sr=22050, subtype="PCM_16")  # 0.3 s
-    ds = AudioDataset.from_folder(tmp_path, chunk_seconds=0.1)
+    ds = AudioDataset.from_folder(tmp_path, chunk_seconds=0.1, min_seconds=0.0)
     assert ds.keys == ["r.flac#0-1600", "r.flac#1600-3200", "r.flac#3200-4800"]
     whole = load_audio(tmp_path / "r.flac")
     batch = ds.load_batch([0, 1, 2])
@@ -166,7 +166,7 @@ def test_resampled_chunks_slice_the_resampled_file(tmp_path):
 def test_load_batch_pads_only_short_chunks(tmp_path):
     _write(tmp_path / "a.wav", _wave(1000, 1))
     _write(tmp_path / "b.wav", _wave(1500, 2))
-    ds = AudioDataset.from_folder(tmp_path)
+    ds = AudioDataset.from_folder(tmp_path, min_seconds=0.0)
     batch = ds.load_batch([1, 0])
     assert batch.shape == (2, 1500) and batch.dtype == np.float32
     np.testing.assert_array_equal(batch[1, :1000], _wave(1000, 1))
@@ -180,12 +180,12 @@ def test_index_reads_headers_only(tmp_path, monkeypatch):
         raise AssertionError("index building decoded audio")
 
     monkeypatch.setattr(audio.sf, "read", no_decoding)
-    assert len(AudioDataset.from_folder(tmp_path)) == 1
+    assert len(AudioDataset.from_folder(tmp_path, min_seconds=0.0)) == 1
 
 
 def test_cache_serves_copies(tmp_path):
     path = _write(tmp_path / "a.wav", _wave(500))
-    ds = AudioDataset.from_folder(tmp_path, cache=True)
+    ds = AudioDataset.from_folder(tmp_path, cache=True, min_seconds=0.0)
     first = ds[0]["wave"]
     first[:] = 0  # a caller modifying its wave must not corrupt the cache
     path.unlink()  # later loads come from the cache
@@ -194,7 +194,7 @@ def test_cache_serves_copies(tmp_path):
 
 def test_out_of_range_id(tmp_path):
     _write(tmp_path / "a.wav", _wave(500))
-    ds = AudioDataset.from_folder(tmp_path)
+    ds = AudioDataset.from_folder(tmp_path, min_seconds=0.0)
     with pytest.raises(IndexError, match="chunk id 1 out of range .* with 1 chunks"):
         ds[1]
     with pytest.raises(IndexError, match="chunk id -1 out of range"):
@@ -237,7 +237,7 @@ def _bad_tsv(tmp_path, body, header="filename\tlabels"):
 def test_bad_tsv_messages(tmp_path, body, header, message):
     tsv = _bad_tsv(tmp_path, body, header)
     with pytest.raises(DataError, match=message):
-        AudioDataset.from_tsv(tsv, num_classes=10)
+        AudioDataset.from_tsv(tsv, num_classes=10, min_seconds=0.0)
 
 
 def test_missing_sources(tmp_path):
@@ -246,7 +246,7 @@ def test_missing_sources(tmp_path):
     with pytest.raises(DataError, match=r"nope: folder not found"):
         AudioDataset.from_folder(tmp_path / "nope")
     with pytest.raises(DataError, match=r"no usable audio"):
-        AudioDataset.from_folder(tmp_path)
+        AudioDataset.from_folder(tmp_path, min_seconds=0.0)
     with pytest.raises(DataError, match=r"gone.wav: file not found"):
         load_audio(tmp_path / "gone.wav")
 
@@ -260,7 +260,7 @@ def test_data_errors_are_ced_train_errors(tmp_path):
 def test_skip_bad_logs_and_summarises(tmp_path, caplog):
     tsv = _bad_tsv(tmp_path, "ok.wav\t1\ngone.wav\t2\ntext.wav\t3;x\nempty.wav\t\nok.wav\t4\n")
     with caplog.at_level(logging.WARNING, logger="ced_train.data"):
-        ds = AudioDataset.from_tsv(tsv, num_classes=10, skip_bad=True)
+        ds = AudioDataset.from_tsv(tsv, num_classes=10, skip_bad=True, min_seconds=0.0)
     assert ds.keys == ["ok.wav#0-500"]
     assert [name for name, _ in ds.skipped] == ["gone.wav", "text.wav", "empty.wav", "ok.wav"]
     assert "line 3" in ds.skipped[0][1] and "file not found" in ds.skipped[0][1]
@@ -276,20 +276,20 @@ def test_skip_bad_folder(tmp_path):
     _write(tmp_path / "ok.wav", _wave(500))
     (tmp_path / "bad.flac").write_bytes(b"\0" * 100)
     with pytest.raises(DataError, match=r"bad.flac: not a readable audio file"):
-        AudioDataset.from_folder(tmp_path)
-    ds = AudioDataset.from_folder(tmp_path, skip_bad=True)
+        AudioDataset.from_folder(tmp_path, min_seconds=0.0)
+    ds = AudioDataset.from_folder(tmp_path, skip_bad=True, min_seconds=0.0)
     assert ds.keys == ["ok.wav#0-500"] and ds.skipped[0][0] == "bad.flac"
 
 
 def test_all_bad_with_skip_bad_is_an_error(tmp_path):
     tsv = _bad_tsv(tmp_path, "gone.wav\t1\n")
     with pytest.raises(DataError, match=r"m.tsv: no usable audio \(.*skipped 1 bad"):
-        AudioDataset.from_tsv(tsv, skip_bad=True)
+        AudioDataset.from_tsv(tsv, skip_bad=True, min_seconds=0.0)
 
 
 def test_load_time_failure_names_file_and_key(tmp_path):
     path = _write(tmp_path / "a.wav", _wave(2000))
-    ds = AudioDataset.from_folder(tmp_path, chunk_seconds=0.1)
+    ds = AudioDataset.from_folder(tmp_path, chunk_seconds=0.1, min_seconds=0.0)
     sf.write(str(path), _wave(1000), SR, subtype="FLOAT")  # shrunk after indexing
     message = r"a.wav: chunk a.wav#0-1600: expected 1600 samples, decoded 1000"
     with pytest.raises(DataError, match=message):
@@ -312,12 +312,12 @@ def test_write_tsv_rejects_bad_rows(tmp_path):
 def test_manifest_sha256_follows_the_documented_formula(tmp_path):
     _write(tmp_path / "a.wav", _wave(500))
     _write(tmp_path / "b.wav", _wave(500))
-    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "m.tsv", ["a.wav", "b.wav"], [[3, 1], []]))
+    ds = AudioDataset.from_tsv(write_tsv(tmp_path / "m.tsv", ["a.wav", "b.wav"], [[3, 1], []]), min_seconds=0.0)
     expected = hashlib.sha256(b"a.wav#0-500\t1;3\nb.wav#0-500\t\n").hexdigest()
     assert ds.manifest_sha256() == expected
-    other = AudioDataset.from_tsv(write_tsv(tmp_path / "n.tsv", ["a.wav", "b.wav"], [[3], []]))
+    other = AudioDataset.from_tsv(write_tsv(tmp_path / "n.tsv", ["a.wav", "b.wav"], [[3], []]), min_seconds=0.0)
     assert other.manifest_sha256() != expected
-    unlabelled = AudioDataset.from_folder(tmp_path)
+    unlabelled = AudioDataset.from_folder(tmp_path, min_seconds=0.0)
     assert unlabelled.manifest_sha256() == hashlib.sha256(b"a.wav#0-500\nb.wav#0-500\n").hexdigest()
 
 
@@ -325,7 +325,7 @@ def test_dataloader_with_collate(tmp_path):
     for i, n in enumerate([700, 700, 500]):
         _write(tmp_path / f"{i}.wav", _wave(n, i))
     tsv = write_tsv(tmp_path / "m.tsv", ["0.wav", "1.wav", "2.wav"], [[0], [1], []])
-    ds = AudioDataset.from_tsv(tsv)
+    ds = AudioDataset.from_tsv(tsv, min_seconds=0.0)
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate)
     (batch,) = list(loader)
     assert batch["ids"].tolist() == [0, 1, 2] and batch["ids"].dtype == torch.int64

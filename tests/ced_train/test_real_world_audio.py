@@ -1,6 +1,8 @@
 """Real-world data: files corrupt in the middle, non-finite audio, clips under one patch, and
 the list of skipped files (issue 13 items 3, 4, 5, 9)."""
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -75,7 +77,28 @@ def test_load_audio_refuses_a_clip_under_the_minimum(tmp_path):
     with pytest.raises(DataError, match=r"short.wav: 0.050 s \(800 samples at 16000 Hz\) is shorter than the "
                                         r"0.15 s minimum"):
         load_audio(tmp_path / "short.wav", min_seconds=MIN_CLIP_SECONDS)
-    assert len(load_audio(tmp_path / "short.wav")) == 800  # the library default takes any length
+    assert len(load_audio(tmp_path / "short.wav", min_seconds=0.0)) == 800  # an explicit override takes any length
+
+
+def test_the_python_api_refuses_a_clip_under_one_patch_by_default_as_the_command_line_does(tmp_path):
+    sf.write(str(tmp_path / "good.wav"), _noise(SR), SR, subtype="FLOAT")
+    sf.write(str(tmp_path / "short.wav"), _noise(2399), SR, subtype="FLOAT")  # one sample under 0.15 s
+    tsv = write_tsv(tmp_path / "m.tsv", ["good.wav", "short.wav"], [[0], [1]])
+    why = (f"{tmp_path / 'short.wav'}: 0.150 s (2399 samples at 16000 Hz) is shorter than the 0.15 s minimum "
+           "(16 spectrogram frames: the shortest clip a CED model takes)")
+    with pytest.raises(DataError, match=rf"^{re.escape(why)}$"):
+        load_audio(tmp_path / "short.wav")
+    with pytest.raises(DataError, match=rf"^{re.escape(f'{tsv} line 3: {why}')}$"):
+        AudioDataset.from_tsv(tsv)
+    with pytest.raises(DataError, match=rf"^{re.escape(why)}$"):
+        AudioDataset.from_folder(tmp_path)
+    skipping = AudioDataset.from_folder(tmp_path, skip_bad=True)
+    assert skipping.keys == ["good.wav#0-16000"] and skipping.skipped == [("short.wav", why)]
+    assert AudioDataset.from_tsv(tsv, skip_bad=True).skipped == [("short.wav", f"{tsv} line 3: {why}")]
+    assert AudioDataset.from_folder(tmp_path, min_seconds=0.0).keys == ["good.wav#0-16000", "short.wav#0-2399"]
+    assert len(load_audio(tmp_path / "short.wav", min_seconds=0.0)) == 2399
+    sf.write(str(tmp_path / "short.wav"), _noise(2400), SR, subtype="FLOAT")  # exactly 0.15 s: taken
+    assert AudioDataset.from_folder(tmp_path).keys == ["good.wav#0-16000", "short.wav#0-2400"]
 
 
 # ---- the command line: the same --skip-bad on every command that reads data -------------------
