@@ -1,4 +1,4 @@
-"""The ``cedstore`` command: info, verify, dump, size, merge, import-ced-h5.
+"""The ``cedstore`` command: info, verify, dump, size, merge, merge-shards, import-ced-h5.
 
 Errors are one line on stderr, ``cedstore: error: <message>``, never a traceback; the exit
 status says what kind of error it was (EXIT_STATUS, also in ``cedstore --help``).
@@ -33,6 +33,7 @@ examples:
   cedstore dump teacher.ced --epoch 0 --sample-ids 0:5 --json
   cedstore size --num-samples 1904746 --num-classes 527 --k 20 --num-epochs 10
   cedstore merge teacher.ced teacher.rank0.ced teacher.rank1.ced
+  cedstore merge-shards teacher.ced teacher.rank0.ced teacher.rank1.ced
   cedstore import-ced-h5 teacher.ced logits/ensemble5014/balanced/chunk_10"""
 
 
@@ -91,14 +92,16 @@ def _cmd_dump(args) -> None:
         if len(bad):
             raise IndexError(f"{store.path}: sample {bad[0]} out of range [0, {store.num_samples})")
         written, keys, rows = store.written(args.epoch), store.keys, []
+        tail = cedstore.targets.resolve_tail(store, args.tail)
         for i in ids.tolist():  # per record on purpose: a dump shows unwritten records too
             row = {"sample": i, "key": keys[i] if keys else None, "written": False}
             if written[i]:
-                values, indices, seeds = store.topk(args.epoch, [i])
-                row.update(written=True, seed=int(seeds[0]), indices=indices[0].tolist(), values=values[0].tolist())
+                values, indices, fill, seeds = cedstore.targets.sparse(store, args.epoch, [i], tail)
+                row.update(written=True, seed=int(seeds[0]), indices=indices[0].tolist(), values=values[0].tolist(),
+                           tail=float(fill[0]))
             rows.append(row)
     if args.json:
-        print(json.dumps({"epoch": args.epoch, "records": rows}, indent=2, ensure_ascii=False))
+        print(json.dumps({"epoch": args.epoch, "tail_policy": tail, "records": rows}, indent=2, ensure_ascii=False))
         return
     for row in rows:
         key = f" {row['key']}" if row["key"] is not None else ""
@@ -106,7 +109,8 @@ def _cmd_dump(args) -> None:
             print(f"{row['sample']}{key}: unwritten")
             continue
         pairs = " ".join(f"{c}:{v:.6g}" for c, v in zip(row["indices"], row["values"]))
-        print(f"{row['sample']}{key}: seed {row['seed']} {pairs}")
+        other = f" other classes {row['tail']:.6g} ({tail})" if tail != "zero" else ""
+        print(f"{row['sample']}{key}: seed {row['seed']} {pairs}{other}")
 
 
 def _cmd_size(args) -> None:
@@ -126,6 +130,14 @@ def _cmd_merge(args) -> None:
     except FileExistsError as e:
         _fail(f"{e} (use --overwrite to replace it)", 1)
     print(f"{args.out}: merged {len(args.shards)} shards")
+
+
+def _cmd_merge_shards(args) -> None:
+    try:
+        cedstore.merge_shards(args.out, args.shards, overwrite=args.overwrite)
+    except FileExistsError as e:
+        _fail(f"{e} (use --overwrite to replace it)", 1)
+    print(f"{args.out}: merged {len(args.shards)} compact shards")
 
 
 def _cmd_import_ced_h5(args) -> None:
@@ -160,12 +172,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the store")
     p.set_defaults(run=_cmd_verify)
     p = sub.add_parser("dump", help="print records of one epoch",
-                       epilog="example: cedstore dump teacher.ced --epoch 1 --sample-ids 0:100:10")
+                       epilog="example: cedstore dump teacher.ced --epoch 1 --sample-ids 0:100:10\n"
+                              "example: cedstore dump teacher.ced --sample-ids 3,7 --tail uniform --json")
     p.add_argument("file", help="the store")
     p.add_argument("--epoch", type=int, default=0, help="augmentation epoch (default 0)")
     # a selection of sample ids (the `sample_ids` of Store.dense), not a count like size's --num-samples
     p.add_argument("--sample-ids", default="0:10",
                    help="which samples: 'start:stop[:step]' or 'i,j,...' (default 0:10)")
+    p.add_argument("--tail", choices=cedstore.targets.TAIL_POLICIES,
+                   help="tail policy applied to the values shown, with the value of every other class: "
+                        "zero, or for softmax probabilities uniform or renormalize (FORMAT.md, tail_policy; "
+                        "default: the store's recorded tail_policy, zero when absent)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_cmd_dump)
     p = sub.add_parser("size", help="storage of teacher outputs: ced vs fp16 vs fp32",
@@ -182,6 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", help="the shards, each written by one rank")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(run=_cmd_merge)
+    p = sub.add_parser("merge-shards", help="merge the compact shards of every rank (cedstore.create_shard) "
+                                            "into one sealed store",
+                       epilog="example: cedstore merge-shards teacher.ced teacher.rank*.ced\n"
+                              "example: cedstore merge-shards teacher.ced teacher.rank*.ced --overwrite\n"
+                              "(docs/SHARDS.md: each rank's shard holds only its own records)")
+    p.add_argument("out", help="the merged store (appears only when the whole merge succeeds)")
+    p.add_argument("shards", nargs="+", help="the shard of every rank of one job, in any order")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
+    p.set_defaults(run=_cmd_merge_shards)
     p = sub.add_parser("import-ced-h5", help="one store from the original CED's logits_ep*_*.h5 + .parquet files",
                        epilog="example: cedstore import-ced-h5 teacher.ced logits/ensemble5014/balanced/chunk_10 "
                               "--key-prefix audio/")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cedstore_helpers import assemble, make_teacher, write_with
 
@@ -77,9 +78,9 @@ def test_dump(partial, run):
     pairs = " ".join(f"{c}:{v:.6g}" for c, v in zip(indices[0], values[0]))
     assert result.stdout.splitlines() == [f"0 w: seed {seeds[0]} {pairs}", "1 x: unwritten", result.stdout.splitlines()[2]]
     dumped = json.loads(run("dump", partial, "--epoch", "1", "--sample-ids", "2,1", "--json").stdout)
-    assert dumped == {"epoch": 1, "records": [
+    assert dumped == {"epoch": 1, "tail_policy": "zero", "records": [
         {"sample": 2, "key": "y", "written": True, "seed": int(seeds[1]), "indices": indices[1].tolist(),
-         "values": values[1].tolist()},
+         "values": values[1].tolist(), "tail": 0.0},
         {"sample": 1, "key": "x", "written": False},
     ]}
     assert len(run("dump", partial).stdout.splitlines()) == 4  # default 0:10 clipped to N
@@ -120,6 +121,8 @@ def test_merge(tmp_path, run):
         (["dump"], 2, r"the following arguments are required: file \(see 'cedstore dump --help'\)"),
         (["size", "--num-samples", "x", "--num-classes", "1", "--k", "1"], 2, r"argument --num-samples: invalid int value: 'x'"),
         (["size", "--samples", "1", "--classes", "1", "--k", "1"], 2, r"the following arguments are required: --num-samples, --num-classes"),
+        (["dump", "{partial}", "--tail", "flat"], 2, r"argument --tail: invalid choice: 'flat' \(choose from '?zero'?, '?uniform'?, '?renormalize'?\)"),
+        (["dump", "{partial}", "--tail", "uniform"], 1, r"{partial}: tail policy 'uniform' needs softmax probabilities"),
         (["dump", "{partial}", "--sample-ids", "a:b"], 2, r"--sample-ids 'a:b' is not a slice 'start:stop\[:step\]' or a list 'i,j,...'"),
         (["info", "{missing}"], 1, r"{missing}: No such file or directory"),
         (["info", "{text}"], 1, r"{text}: not a cedstore file: expected at least 128 bytes, found 6"),
@@ -161,7 +164,7 @@ def test_version_and_help(run):
     table = result.stdout.partition("exit status:\n")[2].partition("\n\n")[0].splitlines()
     assert [int(line.split()[0]) for line in table] == list(EXIT_STATUS)
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert sorted(commands) == ["dump", "import-ced-h5", "info", "merge", "size", "verify"]
+    assert sorted(commands) == ["dump", "import-ced-h5", "info", "merge", "merge-shards", "size", "verify"]
     for name, command in commands.items():  # an example, and help text for every argument
         assert f"example: cedstore {name} " in run(name, "--help").stdout
         assert all(action.help for action in command._actions), name
@@ -232,3 +235,60 @@ def test_verify_shows_progress_only_when_asked(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # no final count after an error
     with pytest.raises(IndexError, match=r"p\.ced: epoch 3 out of range \[0, 3\)"):
         partial._core.verify(True, 3)
+
+
+def softmax_store(path, metadata: dict) -> str:
+    teacher = make_teacher(1, 3, 6)
+    probs = np.exp(4 * teacher.probs[0]) / np.exp(4 * teacher.probs[0]).sum(1, keepdims=True)
+    with cedstore.create(path, num_classes=6, k=2, num_samples=3, metadata=metadata) as w:
+        w.write(0, np.arange(3), probs=probs.astype(np.float32), seeds=teacher.seeds[0])
+    return str(path)
+
+
+def test_dump_with_a_tail_policy(tmp_path, run):
+    plain = softmax_store(tmp_path / "plain.ced", {"activation": "softmax"})
+    store = cedstore.open(plain)
+    for tail in ("uniform", "renormalize"):
+        values, indices, fill, seeds = cedstore.targets.sparse(store, 0, [2, 0], tail=tail)
+        dumped = json.loads(run("dump", plain, "--sample-ids", "2,0", "--tail", tail, "--json").stdout)
+        assert dumped["tail_policy"] == tail
+        assert [(r["values"], r["indices"], r["tail"], r["seed"]) for r in dumped["records"]] == [
+            (values[b].tolist(), indices[b].tolist(), float(fill[b]), int(seeds[b])) for b in range(2)]
+        result = run("dump", plain, "--sample-ids", "2", "--tail", tail)
+        pairs = " ".join(f"{c}:{v:.6g}" for c, v in zip(indices[0], values[0]))
+        assert result.stdout == f"2: seed {seeds[0]} {pairs} other classes {fill[0]:.6g} ({tail})\n"
+    assert json.loads(run("dump", plain, "--json").stdout)["tail_policy"] == "zero"  # nothing recorded: zero
+    recorded = softmax_store(tmp_path / "rec.ced", {"activation": "softmax", "tail_policy": "renormalize"})
+    dumped = json.loads(run("dump", recorded, "--json").stdout)
+    assert dumped["tail_policy"] == "renormalize"
+    assert [sum(r["values"]) for r in dumped["records"]] == pytest.approx([1, 1, 1], rel=1e-6)
+    assert json.loads(run("dump", recorded, "--json", "--tail", "zero").stdout) == json.loads(run("dump", plain, "--json").stdout)
+    unknown = write_with(_core.Writer, tmp_path / "unknown.ced", make_teacher(1, 2, 4), 2,
+                         metadata_json=b'{"tail_policy":"entropy","writer":"x"}')
+    result = run("dump", unknown)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"cedstore: error: {unknown}: the store records tail_policy 'entropy', which this cedstore "
+                             "does not know (it knows zero, uniform, renormalize): name one of them explicitly\n")
+    assert run("dump", unknown, "--tail", "zero").returncode == 0
+
+
+def test_merge_shards(tmp_path, run):
+    teacher = make_teacher(2, 5, 4)
+    paths = []
+    for rank in range(2):
+        paths.append(tmp_path / f"r{rank}.ced")
+        with cedstore.create_shard(paths[-1], rank, 2, num_classes=4, k=2, num_samples=5, num_epochs=2) as w:
+            for epoch in range(2):
+                w.write(epoch, w.sample_ids, probs=teacher.probs[epoch, w.sample_ids], seeds=teacher.seeds[epoch, w.sample_ids])
+    out = tmp_path / "out.ced"
+    result = run("merge-shards", out, *paths[::-1])
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{out}: merged 2 compact shards\n", "")
+    single = write_with(_core.Writer, tmp_path / "one.ced", teacher, 2, metadata_json=b'{"writer":"cedstore 0.1.0"}')
+    assert out.read_bytes() == single.read_bytes()
+    result = run("merge-shards", out, *paths)
+    assert result.returncode == 1
+    assert result.stderr == f"cedstore: error: {out} exists; refusing to overwrite it (use --overwrite to replace it)\n"
+    assert run("merge-shards", out, *paths, "--overwrite").returncode == 0
+    result = run("merge-shards", tmp_path / "two.ced", paths[0])
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "cedstore: error: rank(s) [1] of 2 missing: got shards of ranks [0]\n"
