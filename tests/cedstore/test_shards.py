@@ -122,6 +122,14 @@ def test_resume_a_shard_and_finish_it(tmp_path):
     assert pathlib.Path(path).read_bytes() == pathlib.Path(write_shard(tmp_path / "whole.ced", 2, 4, teacher, 3)).read_bytes()
 
 
+def test_one_writer_per_shard(tmp_path):
+    path = tmp_path / "r1.ced"
+    with shards.create_shard(path, 1, 2, num_classes=4, k=2, num_samples=6):
+        with pytest.raises(cedstore.CedStoreError, match=re.escape(
+                f"{path}: another writer has this file open for writing (it holds the writer lock)")):
+            shards.resume_shard(path)
+
+
 def test_a_rank_refuses_ids_it_does_not_own(tmp_path):
     teacher = make_teacher(1, 6, 4)
     with shards.create_shard(tmp_path / "r0.ced", 0, 2, num_classes=4, k=2, num_samples=6) as w:
