@@ -286,12 +286,17 @@ class AmplitudeToDB(nn.Module):
         super().__init__()
         self.top_db = top_db
 
-    def forward(self, power: torch.Tensor) -> torch.Tensor:
-        """Map ``power`` [..., F, T] to float32 dB of the same shape."""
+    def forward(self, power: torch.Tensor, max_db: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``power`` [..., F, T] to float32 dB of the same shape.
+
+        ``max_db``, when given, replaces each example's own maximum dB: a long example streamed
+        in pieces passes the whole example's maximum, so each piece is floored as the whole is.
+        """
         with _autocast_off(power.device):
             db = 10.0 * torch.log10(torch.clamp(power.float(), min=AMIN))
-            floor = db.amax(dim=(-2, -1), keepdim=True) - self.top_db
-            return torch.maximum(db, floor)
+            if max_db is None:
+                max_db = db.amax(dim=(-2, -1), keepdim=True)
+            return torch.maximum(db, max_db - self.top_db)
 
 
 class LogMelFrontend(nn.Sequential):
