@@ -41,16 +41,31 @@ def check_tail(store, tail: str) -> str:
     Raises:
         InvalidInputError: naming the store, the policy and what it needs.
     """
+    return _check_fits(store.path, tail, store.metadata, store.value_kind, "use tail='zero'")
+
+
+def check_tail_metadata(path: str, metadata: dict | None, value_kind: str) -> None:
+    """At create: a ``tail_policy`` in the metadata must be one cedstore knows and that fits the
+    store (the rules of check_tail), so that no store records a policy no reader can apply.
+
+    Raises:
+        InvalidInputError: naming the file, the policy and what it needs.
+    """
+    if metadata and "tail_policy" in metadata:
+        _check_fits(path, metadata["tail_policy"], metadata, value_kind, "record 'tail_policy': 'zero'")
+
+
+def _check_fits(path: str, tail: str, metadata: dict, value_kind: str, fix: str) -> str:
     if tail not in TAIL_POLICIES:
-        raise InvalidInputError(f"{store.path}: unknown tail policy {tail!r}: expected one of {', '.join(TAIL_POLICIES)}")
+        raise InvalidInputError(f"{path}: unknown tail policy {tail!r}: expected one of {', '.join(TAIL_POLICIES)}")
     if tail in _SOFTMAX_ONLY:
-        activation = store.metadata.get("activation")
-        if activation != "softmax" or store.value_kind != "probability":
+        activation = metadata.get("activation")
+        if activation != "softmax" or value_kind != "probability":
             found = f"activation {activation!r}" if activation else "no 'activation' in its metadata"
             raise InvalidInputError(
-                f"{store.path}: tail policy {tail!r} needs softmax probabilities (metadata "
+                f"{path}: tail policy {tail!r} needs softmax probabilities (metadata "
                 f"activation 'softmax', value_kind 'probability'); the store has {found} and "
-                f"value_kind {store.value_kind!r}: use tail='zero'"
+                f"value_kind {value_kind!r}: {fix}"
             )
     return tail
 

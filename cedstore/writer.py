@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cedstore import _core
+from cedstore import _core, targets
 from cedstore._version import __version__
 from cedstore.errors import InvalidInputError, WriterClosedError
 from cedstore.format import MAX_CLASSES, VALUE_KINDS, encode_metadata
@@ -224,6 +224,7 @@ def create(
     if value_kind not in VALUE_KINDS:
         raise InvalidInputError(f"{path}: value_kind must be one of {sorted(VALUE_KINDS)}, found {value_kind!r}")
     metadata_json = _writer_metadata(metadata, num_classes)
+    targets.check_tail_metadata(path, metadata, value_kind)  # a recorded policy readers can apply
     keys = None if keys is None else list(keys)
     core = _core.Writer.create(path, k, num_classes, num_samples, num_epochs, VALUE_KINDS[value_kind],
                                metadata_json, keys, overwrite)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -157,3 +159,20 @@ def test_a_recorded_policy_that_is_unknown_or_does_not_fit_is_refused(tmp_path):
                                      metadata_json=b'{"activation":"sigmoid","tail_policy":"uniform","writer":"x"}'))
     with pytest.raises(cedstore.InvalidInputError, match=r"f.ced: tail policy 'uniform' needs softmax probabilities"):
         targets.sparse(unfit, 0, [0])
+
+
+@pytest.mark.parametrize("metadata, value_kind, message", [
+    ({"tail_policy": "flat"}, "probability", "unknown tail policy 'flat': expected one of zero, uniform, renormalize"),
+    ({"activation": "sigmoid", "tail_policy": "uniform"}, "probability",
+     "tail policy 'uniform' needs softmax probabilities (metadata activation 'softmax', value_kind 'probability'); "
+     "the store has activation 'sigmoid' and value_kind 'probability': record 'tail_policy': 'zero'"),
+    ({"tail_policy": "renormalize"}, "probability", "the store has no 'activation' in its metadata"),
+    ({"activation": "softmax", "tail_policy": "uniform"}, "logit", "activation 'softmax' and value_kind 'logit'"),
+])
+def test_create_refuses_a_recorded_policy_readers_cannot_apply(tmp_path, metadata, value_kind, message):
+    path = tmp_path / "s.ced"
+    with pytest.raises(cedstore.InvalidInputError, match=re.escape(f"{path}: ") + ".*" + re.escape(message)):
+        cedstore.create(path, num_classes=4, k=2, num_samples=2, metadata=metadata, value_kind=value_kind)
+    assert not path.exists()
+    for fits in ({"activation": "softmax", "tail_policy": "uniform"}, {"tail_policy": "zero"}):
+        cedstore.create(path, num_classes=4, k=2, num_samples=2, metadata=fits, overwrite=True).close()
