@@ -1,4 +1,4 @@
-"""The cedstore file format, version 1.1, as executable Python (FORMAT.md is normative).
+"""The cedstore file format, version 1.2, as executable Python (FORMAT.md is normative).
 
 Constants (with the table of readable versions), the header and its checks, the section
 layout, the metadata and key table codecs, the record dtype and the top-k encoding, built on
@@ -24,18 +24,23 @@ from cedstore.errors import FormatError, InvalidInputError, UnsupportedVersionEr
 
 MAGIC = b"CEDSTORE"
 FORMAT_VERSION = 1  # the major version; a reader refuses a major version it does not know
-FORMAT_MINOR_VERSION = 1  # what this writes; every minor version of a known major is read
+FORMAT_MINOR_VERSION = 2  # what this writes; every minor version of a known major is read
 SUPPORTED_VERSIONS = (1,)
 HEADER_SIZE = 128
 RECORDS_ALIGN = 4096
 SECTION_ALIGN = 8
-MAX_CLASSES = 32767
+MAX_CLASSES = 32767  # int16 class indices (index_width 0): the paper's layout
+MAX_CLASSES_WIDE = 2**24  # int32 class indices (index_width 4): every class index is exact in float32
 UNWRITTEN_INDEX = -1
+# Header field index_width: 0 (int16 class indices, the only layout of 1.0 and 1.1, where the
+# field was reserved0) or 4 (int32 class indices, from 1.2 on).
+INDEX_WIDTHS = {0: np.dtype("<i2"), 4: np.dtype("<i4")}
+WIDE_INDEX_MINOR_VERSION = 2  # the first minor version that may hold index_width 4
 VALUE_KINDS = {"probability": 0, "logit": 1}
 EPOCH_OPEN, EPOCH_SEALED = 0, 1
 
 # magic, version (major), version_minor, header_size, k, num_classes, num_samples, num_epochs,
-# record_size, value_kind, reserved0, metadata_offset/length, keys_offset/length,
+# record_size, value_kind, index_width, metadata_offset/length, keys_offset/length,
 # epoch_table_offset/length, records_offset/length, sections_crc, reserved1, header_crc
 HEADER_FORMAT = "<8sHHIIIQIIIIQQQQQQQQI8sI"
 EPOCH_ENTRY_FORMAT = "<II"  # state, crc
@@ -58,9 +63,63 @@ ACTIVATIONS = ("sigmoid", "softmax")
 assert struct.calcsize(HEADER_FORMAT) == HEADER_SIZE
 
 
-def record_dtype(k: int) -> np.dtype:
-    """The numpy dtype of one record: values f16[k], indices i16[k], seed i32 (4k + 4 bytes)."""
-    return np.dtype([("values", "<f2", (k,)), ("indices", "<i2", (k,)), ("seed", "<i4")])
+def max_classes(index_width: int) -> int:
+    """The most classes a layout can index: 32767 (int16 indices) or 2**24 (int32)."""
+    return MAX_CLASSES_WIDE if index_width == 4 else MAX_CLASSES
+
+
+def index_width_for(num_classes: int, index_dtype=None) -> int:
+    """The header's index_width for a new store: int16 indices when they fit (None picks them
+    for C <= 32767), int32 when asked for or when C needs them.
+
+    Raises:
+        InvalidInputError: an index dtype other than int16 or int32, int16 for more than
+            32767 classes, or more classes than any layout holds.
+
+    Example:
+        >>> index_width_for(527), index_width_for(50257), index_width_for(527, np.int32)
+        (0, 4, 4)
+    """
+    if index_dtype is None:
+        width = 0 if num_classes <= MAX_CLASSES else 4
+    else:
+        dtype = np.dtype(index_dtype)
+        if dtype not in (np.int16, np.int32):
+            raise InvalidInputError(f"index_dtype must be int16 or int32 (or None: chosen by num_classes), found {dtype}")
+        width = 0 if dtype == np.int16 else 4
+    if not 1 <= num_classes <= max_classes(width):
+        hint = f"; {num_classes} classes need int32 class indices" if MAX_CLASSES < num_classes <= MAX_CLASSES_WIDE else ""
+        hint = " (the most any cedstore layout holds)" if num_classes > MAX_CLASSES_WIDE else hint
+        raise InvalidInputError(
+            f"num_classes = {num_classes} must be in [1, {max_classes(width)}] with "
+            f"{INDEX_WIDTHS[width]} class indices{hint}"
+        )
+    return width
+
+
+def record_layout(k: int, index_width: int = 0) -> tuple[int, int]:
+    """(record_size, offset of the indices) of a record (FORMAT.md, "Records"): values f16[k],
+    then, for int32 indices, zero padding to a multiple of 4 bytes, indices, seed i32.
+
+    Example:
+        >>> record_layout(20), record_layout(20, 4), record_layout(3, 4)
+        ((84, 40), (124, 40), (24, 8))
+    """
+    if index_width == 0:
+        return 4 * k + 4, 2 * k
+    indices_offset = 4 * ((k + 1) // 2)  # aligned: every 4-byte word of the record is atomic
+    return indices_offset + 4 * k + 4, indices_offset
+
+
+def record_dtype(k: int, index_dtype=np.int16) -> np.dtype:
+    """The numpy dtype of one record: values f16[k], indices i16[k] or i32[k], seed i32 (4k + 4
+    bytes with int16 indices, 4*ceil(k/2) + 4k + 4 with int32)."""
+    width = 0 if np.dtype(index_dtype) == np.int16 else 4
+    size, indices_offset = record_layout(k, width)
+    return np.dtype({"names": ["values", "indices", "seed"],
+                     "formats": [("<f2", (k,)), (INDEX_WIDTHS[width], (k,)), "<i4"],
+                     "offsets": [0, indices_offset, indices_offset + INDEX_WIDTHS[width].itemsize * k],
+                     "itemsize": size})
 
 
 def _align(offset: int, alignment: int) -> int:
@@ -86,7 +145,7 @@ class Header:
     num_epochs: int
     record_size: int
     value_kind: int
-    reserved0: int
+    index_width: int
     metadata_offset: int
     metadata_length: int
     keys_offset: int
@@ -109,10 +168,14 @@ class Header:
     def file_size(self) -> int:
         return self.records_offset + self.records_length
 
+    @property
+    def index_dtype(self) -> np.dtype:
+        return INDEX_WIDTHS.get(self.index_width, INDEX_WIDTHS[0])
+
 
 def layout(
     k: int, num_classes: int, num_samples: int, num_epochs: int, value_kind: int,
-    metadata_length: int, keys_length: int,
+    metadata_length: int, keys_length: int, index_width: int = 0,
 ) -> Header:
     """The header of a new file: every section at the smallest aligned offset after the last.
 
@@ -120,13 +183,13 @@ def layout(
         >>> layout(20, 527, 1000, 1, 0, 40, 0).records_offset
         4096
     """
-    record_size = 4 * k + 4
+    record_size = record_layout(k, index_width)[0]
     keys_offset = _align(HEADER_SIZE + metadata_length, SECTION_ALIGN)
     epoch_table_offset = _align(keys_offset + keys_length, SECTION_ALIGN)
     records_offset = _align(epoch_table_offset + 8 * num_epochs, RECORDS_ALIGN)
     return Header(
         MAGIC, FORMAT_VERSION, FORMAT_MINOR_VERSION, HEADER_SIZE, k, num_classes, num_samples, num_epochs,
-        record_size, value_kind, 0, HEADER_SIZE, metadata_length, keys_offset, keys_length,
+        record_size, value_kind, index_width, HEADER_SIZE, metadata_length, keys_offset, keys_length,
         epoch_table_offset, 8 * num_epochs, records_offset,
         num_epochs * num_samples * record_size, 0, bytes(8), 0,
     )
@@ -164,17 +227,21 @@ def read_header(buf: bytes, path: str) -> Header:
     # Reserved bytes: 112-123 in 1.0, 116-123 from 1.1 on (sections_crc took 112-115). A newer
     # minor version may use them for fields this reader does not know, so they are not checked.
     reserved = buf[112 if h.version_minor == 0 else 116:124]
+    width_rule = _index_width_rule(h.version_minor)
+    width = h.index_width if h.index_width in width_rule[1] else 0  # the layout the later rules assume
+    record_size, _ = record_layout(h.k, width)
     expected = layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind,
-                      h.metadata_length, h.keys_length)
+                      h.metadata_length, h.keys_length, width)
     rules = [  # (field, valid, what is expected), checked in this order
         ("header_size", h.header_size == HEADER_SIZE, HEADER_SIZE),
-        ("num_classes", 1 <= h.num_classes <= MAX_CLASSES, f"1 <= num_classes <= {MAX_CLASSES}"),
+        (width_rule[0], h.index_width in width_rule[1], width_rule[2]),
+        ("num_classes", 1 <= h.num_classes <= max_classes(width), f"1 <= num_classes <= {max_classes(width)}"),
         ("k", 1 <= h.k <= h.num_classes, f"1 <= k <= num_classes ({h.num_classes})"),
         ("num_samples", h.num_samples >= 1, ">= 1"),
         ("num_epochs", h.num_epochs >= 1, ">= 1"),
         ("value_kind", h.value_kind in VALUE_KINDS.values(), "0 (probability) or 1 (logit)"),
-        ("record_size", h.record_size == 4 * h.k + 4, f"4*k + 4 = {4 * h.k + 4}"),
-        ("reserved0", h.reserved0 == 0, 0),
+        ("record_size", h.record_size == record_size,
+         f"4*k + 4 = {record_size}" if width == 0 else f"4*ceil(k/2) + 4*k + 4 = {record_size}"),
         ("metadata_offset", h.metadata_offset == HEADER_SIZE, HEADER_SIZE),
         ("metadata_length", h.metadata_length >= 2, ">= 2"),
         ("reserved1", h.version_minor > FORMAT_MINOR_VERSION or not any(reserved), f"{len(reserved)} zero bytes"),
@@ -189,13 +256,21 @@ def read_header(buf: bytes, path: str) -> Header:
         if not valid and name == "sizes":
             raise FormatError(f"{path}: header sizes overflow 64 bits (the header is corrupted)")
         if not valid:
-            found = bytes(reserved) if name == "reserved1" else getattr(h, name)
+            found = bytes(reserved) if name == "reserved1" else getattr(h, "index_width" if name == "reserved0" else name)
             raise FormatError(f"{path}: header field {name}: expected {rule}, found {found!r}")
     if len(buf) < h.file_size:
         raise FormatError(f"{path}: file is truncated: expected {h.file_size} bytes, found {len(buf)}")
     if len(buf) > h.file_size:
         raise FormatError(f"{path}: unexpected data after the records: expected {h.file_size} bytes, found {len(buf)}")
     return h
+
+
+def _index_width_rule(version_minor: int) -> tuple[str, tuple[int, ...], str]:
+    """(the field's name, its valid values, what is expected) of header bytes 44-47: reserved0
+    before 1.2, index_width from 1.2 on."""
+    if version_minor < WIDE_INDEX_MINOR_VERSION:
+        return "reserved0", (0,), "0"
+    return "index_width", tuple(INDEX_WIDTHS), "0 (int16 class indices) or 4 (int32 class indices)"
 
 
 def check_sections(buf: bytes, h: Header, path: str) -> None:
@@ -453,7 +528,8 @@ def decode_key_table(table: bytes, num_samples: int, path: str) -> tuple[list[by
 
 
 def encode_topk_reference(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each row of float32/float16 [B, C]: (values float16 [B, k], indices int16 [B, k]).
+    """Top-k of each row of float32/float16 [B, C]: (values float16 [B, k], indices [B, k]),
+    int16 indices for C <= 32767, int32 up to 2**24 classes.
 
     Classes are ordered by a stable sort of ``-x`` (ties: lower class first), values rounded to
     float16 to nearest even. Raises InvalidInputError like the core's ``encode_topk``.
@@ -462,8 +538,8 @@ def encode_topk_reference(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     if x.dtype not in (np.float32, np.float16) or x.ndim != 2:
         raise InvalidInputError(f"teacher outputs must be float32 or float16 [B, C], found {x.dtype} {x.shape}")
     num_classes = x.shape[1]
-    if not 1 <= num_classes <= MAX_CLASSES:
-        raise InvalidInputError(f"num_classes {num_classes} must be in [1, {MAX_CLASSES}]")
+    if not 1 <= num_classes <= MAX_CLASSES_WIDE:
+        raise InvalidInputError(f"num_classes {num_classes} must be in [1, {MAX_CLASSES_WIDE}]")
     if not 1 <= k <= num_classes:
         raise InvalidInputError(f"k {k} must be in [1, num_classes={num_classes}]")
     x = x.astype(np.float32)
@@ -481,7 +557,7 @@ def encode_topk_reference(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
             f"row {row}, class {indices[row, j]}: teacher output {x[row, indices[row, j]]} "
             "overflows float16"
         )
-    return values, indices.astype(np.int16)
+    return values, indices.astype(INDEX_WIDTHS[index_width_for(num_classes)])
 
 
 def check_record(values: np.ndarray, indices: np.ndarray, num_classes: int) -> str | None:

@@ -17,7 +17,7 @@ _CHUNK = 1 << 16  # samples per pass: bounds memory to a few MiB per shard
 def _check_same(shards: list[Store]) -> None:
     first = shards[0]
     for shard in shards[1:]:
-        for name in ("num_samples", "num_epochs", "num_classes", "k", "value_kind", "has_keys"):
+        for name in ("num_samples", "num_epochs", "num_classes", "k", "value_kind", "index_dtype", "has_keys"):
             if getattr(shard, name) != getattr(first, name):
                 raise InvalidInputError(
                     f"cannot merge {shard.path} into {first.path}: {name} is "
@@ -31,12 +31,12 @@ def _check_same(shards: list[Store]) -> None:
 
 def _merge_chunk(shards: list[Store], epoch: int, start: int, stop: int) -> np.ndarray:
     """The merged records [start, stop) of `epoch`, as raw bytes [n, record_size]."""
-    first_index = 2 * shards[0].k  # byte offset of indices[0]: 0xFFFF means unwritten
     merged = np.empty((stop - start, shards[0].record_size), np.uint8)
     owner = np.full(stop - start, -1)
     for s, shard in enumerate(shards):
-        raw = shard.records(epoch)[start:stop].view(np.uint8).reshape(stop - start, -1)
-        written = (raw[:, first_index] != 0xFF) | (raw[:, first_index + 1] != 0xFF)
+        records = shard.records(epoch)[start:stop]
+        raw = records.view(np.uint8).reshape(stop - start, -1)
+        written = records["indices"][:, 0] != -1  # int16 or int32 indices (FORMAT.md, "Written")
         clash = written & (owner >= 0) & np.any(raw != merged, axis=1)
         if clash.any():
             i = int(np.flatnonzero(clash)[0])
@@ -94,7 +94,7 @@ def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], ove
         metadata = {name: value for name, value in first.metadata.items() if name != "writer"}
         with create_replacing(out_path, num_classes=first.num_classes, k=first.k, num_samples=first.num_samples,
                               num_epochs=first.num_epochs, keys=first.keys, metadata=metadata,
-                              value_kind=first.value_kind) as writer:
+                              value_kind=first.value_kind, index_dtype=first.index_dtype) as writer:
             for epoch in range(first.num_epochs):
                 for start in range(0, first.num_samples, _CHUNK):
                     stop = min(start + _CHUNK, first.num_samples)

@@ -28,7 +28,7 @@ from cedstore.format import (
     EPOCH_OPEN,
     EPOCH_SEALED,
     HEADER_SIZE,
-    MAX_CLASSES,
+    INDEX_WIDTHS,
     Header,
     check_record,
     check_sections,
@@ -37,8 +37,10 @@ from cedstore.format import (
     encode_key_table,
     encode_topk_reference,
     layout,
+    max_classes,
     read_header,
     record_dtype,
+    record_layout,
     sections_crc,
 )
 
@@ -77,6 +79,7 @@ class ReferenceReader:
         check_sections(self.data, h, self.path)
         self.k, self.num_classes, self.num_samples = h.k, h.num_classes, h.num_samples
         self.num_epochs, self.record_size, self.value_kind = h.num_epochs, h.record_size, h.value_kind
+        self.index_dtype = h.index_dtype
         self._keys, self._order = [], []
         if h.keys_length:
             table = self.data[h.keys_offset:h.keys_offset + h.keys_length]
@@ -112,7 +115,7 @@ class ReferenceReader:
         epoch = _check_index(epoch, self.num_epochs, "epoch", self.path)
         n = self.num_samples
         offset = self.header.records_offset + epoch * n * self.record_size
-        return np.frombuffer(self.data, record_dtype(self.k), n, offset)
+        return np.frombuffer(self.data, record_dtype(self.k, self.index_dtype), n, offset)
 
     def written(self, epoch: int) -> np.ndarray:
         return self.records(epoch)["indices"][:, 0] != -1
@@ -156,6 +159,9 @@ class ReferenceReader:
                         raise UnwrittenRecordError(f"{where}, sample {i}: record not written")
                     continue
                 problem = check_record(row["values"], row["indices"], self.num_classes)
+                padding = row.tobytes()[2 * self.k:record_layout(self.k, self.header.index_width)[1]]
+                if not problem and any(padding):
+                    problem = "padding after the values is not zero"
                 if problem:
                     raise IntegrityError(f"{where}, sample {i}: {problem}")
             actual = zlib.crc32(records.tobytes())
@@ -172,22 +178,25 @@ class ReferenceWriter:
 
     def __init__(self, path: str, file, header: Header):
         self.path, self._file, self.header = path, file, header
-        self.k, self.num_classes = header.k, header.num_classes
+        self.k, self.num_classes, self.index_dtype = header.k, header.num_classes, header.index_dtype
         self.num_samples, self.num_epochs = header.num_samples, header.num_epochs
 
     @classmethod
     def create(cls, path, k: int, num_classes: int, num_samples: int, num_epochs: int,
                value_kind: int, metadata_json: bytes, keys: list[str] | None,
-               overwrite: bool = False) -> ReferenceWriter:
+               overwrite: bool = False, index_width: int = 0) -> ReferenceWriter:
         path = os.fspath(path)
-        if not 1 <= num_classes <= MAX_CLASSES or not 1 <= k <= num_classes:
+        if index_width not in INDEX_WIDTHS:
+            raise InvalidInputError(f"index_width must be 0 (int16 indices) or 4 (int32), got {index_width}")
+        if not 1 <= num_classes <= max_classes(index_width) or not 1 <= k <= num_classes:
             raise InvalidInputError(
-                f"need 1 <= k <= num_classes <= {MAX_CLASSES}, got k={k}, num_classes={num_classes}"
+                f"need 1 <= k <= num_classes <= {max_classes(index_width)}, got k={k}, num_classes={num_classes}"
             )
         if num_samples < 1 or num_epochs < 1:
             raise InvalidInputError(f"need num_samples >= 1 and num_epochs >= 1, got {num_samples}, {num_epochs}")
         key_table = encode_key_table(keys, num_samples) if keys is not None else b""
-        h = layout(k, num_classes, num_samples, num_epochs, value_kind, len(metadata_json), len(key_table))
+        h = layout(k, num_classes, num_samples, num_epochs, value_kind, len(metadata_json), len(key_table),
+                   index_width)
         sections = bytearray(h.epoch_table_offset)  # bytes [0, epoch_table_offset); the header comes last
         sections[HEADER_SIZE:HEADER_SIZE + len(metadata_json)] = metadata_json
         sections[h.keys_offset:h.keys_offset + len(key_table)] = key_table
@@ -259,23 +268,25 @@ class ReferenceWriter:
             problem = check_record(v, c, self.num_classes)
             if problem:
                 raise InvalidInputError(f"{self.path}: epoch {epoch}, sample {i}: {problem}")
-        self._store(epoch, ids, values, indices.astype(np.int16), seeds)
+        self._store(epoch, ids, values, indices.astype(self.index_dtype), seeds)
 
     def _store(self, epoch: int, ids: list[int], values, indices, seeds) -> None:
         h = self.header
         for i, v, c, s in zip(ids, values, indices, seeds):
-            record = np.zeros((), record_dtype(self.k))
+            record = np.zeros((), record_dtype(self.k, self.index_dtype))  # zero padding
             record["values"], record["indices"], record["seed"] = v, c, s
             data = record.tobytes()
             start = h.records_offset + (epoch * self.num_samples + i) * h.record_size
-            first_index = slice(2 * self.k, 2 * self.k + 2)
+            indices_offset = record_layout(self.k, h.index_width)[1]
+            first_index = slice(indices_offset, indices_offset + self.index_dtype.itemsize)
+            unwritten = b"\xff" * self.index_dtype.itemsize  # indices[0] == -1
             self._file.seek(start + first_index.start)
-            rewrite = self._file.read(2) != b"\xff\xff"
+            rewrite = self._file.read(len(unwritten)) != unwritten
             if rewrite:  # the epoch's rewrite sequence is odd while the record changes
                 sequence = self._sequence(epoch) + 1
                 self._set_sequence(epoch, sequence)
             self._file.seek(start)  # everything but indices[0], then indices[0]: never half-written
-            self._file.write(data[:first_index.start] + b"\xff\xff" + data[first_index.stop:])
+            self._file.write(data[:first_index.start] + unwritten + data[first_index.stop:])
             self._file.seek(start + first_index.start)
             self._file.write(data[first_index])
             if rewrite:

@@ -12,7 +12,7 @@ import numpy as np
 from cedstore import _core, targets
 from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError
-from cedstore.format import EPOCH_SEALED, VALUE_KINDS, decode_metadata, record_dtype
+from cedstore.format import EPOCH_SEALED, INDEX_WIDTHS, VALUE_KINDS, decode_metadata, record_dtype
 
 _VALUE_KIND_NAMES = {code: name for name, code in VALUE_KINDS.items()}
 _NUM_EXAMPLES = 5
@@ -82,6 +82,12 @@ class Store:
     has_keys = property(lambda self: self._core.has_keys)
 
     @property
+    def index_dtype(self) -> np.dtype:
+        """dtype of the stored class indices: int16 (C <= 32767, the paper's 84-byte record at
+        k = 20), or int32 (the wide layout of format 1.2, up to 2**24 classes)."""
+        return INDEX_WIDTHS[self._core.index_width]
+
+    @property
     def value_kind(self) -> str:
         """"probability" or "logit"."""
         return _VALUE_KIND_NAMES[self._core.value_kind]
@@ -140,7 +146,8 @@ class Store:
         return self._core.decode_topk(self._check_epoch(epoch), np.asarray(sample_ids))
 
     def records(self, epoch: int) -> np.ndarray:
-        """Zero-copy read-only structured view [N] (values, indices, seed) of one epoch.
+        """Zero-copy read-only structured view [N] (values, indices, seed) of one epoch; indices
+        are int16 or int32 (index_dtype).
 
         Unwritten records are included as stored (indices[0] == -1); see written().
         """
@@ -148,7 +155,7 @@ class Store:
         self._core.check_size()
         n = self.num_samples
         offset = self._core.records_offset + epoch * n * self.record_size
-        return np.frombuffer(self._core.buffer(), record_dtype(self.k), n, offset)
+        return np.frombuffer(self._core.buffer(), record_dtype(self.k, self.index_dtype), n, offset)
 
     def written(self, epoch: int) -> np.ndarray:
         """bool [N]: which records of `epoch` are written."""
@@ -212,6 +219,7 @@ class Store:
             "num_classes": self.num_classes,
             "k": self.k,
             "value_kind": self.value_kind,
+            "index_dtype": str(self.index_dtype),
             "record_size": self.record_size,
             "has_keys": self.has_keys,
             "file_size": self.file_size,

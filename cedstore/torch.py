@@ -41,7 +41,8 @@ def epoch_tensors(store: Store, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
     truncated by another process afterwards makes reading the lost pages raise SIGBUS.
 
     Returns:
-        (values float16 [N, K], indices int16 [N, K], seeds int32 [N]); unwritten records
+        (values float16 [N, K], indices int16 or int32 [N, K] (store.index_dtype), seeds
+        int32 [N]); unwritten records
         have indices[:, 0] == -1.
 
     Raises:
@@ -52,7 +53,8 @@ def epoch_tensors(store: Store, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
         >>> values, indices, seeds = epoch_tensors(cedstore.open("t.ced"), 0)
     """
     epoch = store._check_epoch(epoch)
-    records = np.frombuffer(store._core.private_records(epoch), record_dtype(store.k), store.num_samples)
+    records = np.frombuffer(store._core.private_records(epoch), record_dtype(store.k, store.index_dtype),
+                            store.num_samples)
     return tuple(torch.from_numpy(records[field]) for field in ("values", "indices", "seed"))
 
 

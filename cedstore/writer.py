@@ -13,7 +13,7 @@ import numpy as np
 from cedstore import _core, targets
 from cedstore._version import __version__
 from cedstore.errors import InvalidInputError, WriterClosedError
-from cedstore.format import MAX_CLASSES, VALUE_KINDS, encode_metadata
+from cedstore.format import INDEX_WIDTHS, VALUE_KINDS, encode_metadata, index_width_for
 
 
 def label_space(names: list[str]) -> dict:
@@ -102,6 +102,7 @@ class Writer:
     k = property(lambda self: self._core.k)
     num_samples = property(lambda self: self._core.num_samples)
     num_epochs = property(lambda self: self._core.num_epochs)
+    index_dtype = property(lambda self: INDEX_WIDTHS[self._core.index_width])
 
     def write(self, epoch: int, sample_ids, probs=None, *, values=None, indices=None, seeds) -> None:
         """Store one batch of records of `epoch`: dense teacher outputs, or top-k rows.
@@ -182,12 +183,13 @@ def create(
     metadata: dict | None = None,
     value_kind: str = "probability",
     overwrite: bool = False,
+    index_dtype=None,
 ) -> Writer:
     """Create a store with every record unwritten and return its Writer.
 
     Args:
         path: the new file.
-        num_classes: C, at most 32767.
+        num_classes: C: at most 32767 with int16 class indices, 2**24 with int32.
         k: values kept per record, 1 <= k <= C.
         num_samples: N, records per epoch.
         num_epochs: E, augmentation epochs.
@@ -196,6 +198,9 @@ def create(
             e.g. {"activation": "sigmoid", "label_space": cedstore.label_space(names)}.
         value_kind: "probability" or "logit".
         overwrite: replace an existing file instead of raising FileExistsError.
+        index_dtype: how class indices are stored: np.int16 (4k + 4-byte records, C <= 32767:
+            the paper's layout), np.int32 (the wide layout, 4*ceil(k/2) + 4k + 4 bytes, C <= 2**24;
+            readers that predate format 1.2 refuse it), or None: int16 when C fits, else int32.
 
     Raises:
         InvalidInputError: bad shape, keys, metadata or value_kind.
@@ -205,12 +210,16 @@ def create(
     Example:
         >>> with cedstore.create("t.ced", num_classes=527, k=20, num_samples=n, num_epochs=4) as w:
         ...     w.write(0, ids, probs=probs, seeds=seeds)
+        >>> cedstore.create("lm.ced", num_classes=128256, k=20, num_samples=n).index_dtype  # Llama-3
+        dtype('int32')
     """
     path = os.fspath(path)
     num_classes, k = operator.index(num_classes), operator.index(k)
     num_samples, num_epochs = operator.index(num_samples), operator.index(num_epochs)
-    if not 1 <= num_classes <= MAX_CLASSES:
-        raise InvalidInputError(f"{path}: num_classes = {num_classes} must be in [1, {MAX_CLASSES}]")
+    try:
+        index_width = index_width_for(num_classes, index_dtype)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"{path}: {e}") from None
     if not 1 <= k <= num_classes:
         raise InvalidInputError(f"{path}: k = {k} must be in [1, num_classes = {num_classes}]")
     if num_samples < 1 or num_epochs < 1:
@@ -227,7 +236,7 @@ def create(
     targets.check_tail_metadata(path, metadata, value_kind)  # a recorded policy readers can apply
     keys = None if keys is None else list(keys)
     core = _core.Writer.create(path, k, num_classes, num_samples, num_epochs, VALUE_KINDS[value_kind],
-                               metadata_json, keys, overwrite)
+                               metadata_json, keys, overwrite, index_width)
     return Writer(core)
 
 

@@ -263,7 +263,8 @@ struct PyWriter {
     }
 
     static PyWriter create(const std::string& path, int64_t k, int64_t num_classes, int64_t num_samples, int64_t num_epochs,
-                           int64_t value_kind, const py::bytes& metadata_json, const py::object& keys, bool overwrite) {
+                           int64_t value_kind, const py::bytes& metadata_json, const py::object& keys, bool overwrite,
+                           int64_t index_width) {
         checked_path(path);
         if (num_samples < 0) fail(ErrorKind::kInvalidInput, "num_samples: expected >= 1, found ", num_samples);
         std::vector<std::string> key_bytes;
@@ -283,12 +284,12 @@ struct PyWriter {
         }
         const std::string metadata = metadata_json;
         const uint32_t k32 = u32(k, "k"), c32 = u32(num_classes, "num_classes"), e32 = u32(num_epochs, "num_epochs"),
-                       v32 = u32(value_kind, "value_kind");
+                       v32 = u32(value_kind, "value_kind"), w32 = u32(index_width, "index_width");
         std::unique_ptr<cedstore::Writer> w;
         {
             py::gil_scoped_release release;  // fills the records with 0xFF
             w = cedstore::Writer::create(path, k32, c32, static_cast<uint64_t>(num_samples), e32, v32, metadata,
-                                         keys.is_none() ? nullptr : &key_bytes, overwrite);
+                                         keys.is_none() ? nullptr : &key_bytes, overwrite, w32);
         }
         return PyWriter(std::move(w));
     }
@@ -360,13 +361,13 @@ uint32_t crc32(const py::buffer& data, uint32_t value) {
 py::tuple encode_topk(const py::handle& dense, int64_t k) {
     py::array x = float_matrix(dense, "dense");
     const auto n = x.shape(0), c = x.shape(1);
-    if (c > cedstore::kMaxClasses)
-        fail(ErrorKind::kInvalidInput, "dense: expected at most ", cedstore::kMaxClasses, " classes, found ", c);
+    if (c > cedstore::kMaxClassesWide)
+        fail(ErrorKind::kInvalidInput, "dense: expected at most ", cedstore::kMaxClassesWide, " classes, found ", c);
     if (k < 1 || k > c) fail(ErrorKind::kInvalidInput, "k: expected 1 <= k <= num_classes (", c, "), found ", k);
     py::array values(py::dtype("float16"), {n, static_cast<py::ssize_t>(k)});
-    py::array_t<int16_t> indices({n, static_cast<py::ssize_t>(k)});
+    py::array_t<int32_t> indices({n, static_cast<py::ssize_t>(k)});
     auto* v = static_cast<uint16_t*>(values.mutable_data());
-    int16_t* i = indices.mutable_data();
+    int32_t* i = indices.mutable_data();
     const bool half = x.itemsize() == 2;
     const void* data = x.data();
     cedstore::EncodeFault f;
@@ -379,6 +380,7 @@ py::tuple encode_topk(const py::handle& dense, int64_t k) {
     if (f.kind != cedstore::Fault::kNone)
         fail(ErrorKind::kInvalidInput, "dense[", f.row, ", ", f.cls, "] = ", f.value, " (row ", f.row, ", class ", f.cls,
              ") is ", cedstore::fault_text(f.kind));
+    if (c <= cedstore::kMaxClasses) return py::make_tuple(values, indices.attr("astype")("int16"));  // as stored
     return py::make_tuple(values, indices);
 }
 
@@ -396,11 +398,13 @@ PYBIND11_MODULE(_core, m) {
     m.attr("RECORDS_ALIGN") = cedstore::kRecordsAlign;
     m.attr("SECTION_ALIGN") = cedstore::kSectionAlign;
     m.attr("MAX_CLASSES") = cedstore::kMaxClasses;
+    m.attr("MAX_CLASSES_WIDE") = cedstore::kMaxClassesWide;
     m.attr("UNWRITTEN_INDEX") = cedstore::kUnwrittenIndex;
 
     m.def("crc32", &crc32, py::arg("data"), py::arg("value") = 0, "CRC-32 (zlib's), continuing from value.");
     m.def("encode_topk", &encode_topk, py::arg("dense"), py::arg("k"),
-          "Top-k of each row of float32 or float16 [B, C]: (values float16 [B, k], indices int16 [B, k]).");
+          "Top-k of each row of float32 or float16 [B, C]: (values float16 [B, k], indices [B, k]: int16 for "
+          "C <= 32767, else int32).");
 
     py::class_<MappingView>(m, "_MappingView", py::buffer_protocol()).def_buffer([](MappingView& v) {
         return py::buffer_info(v.map->data(), 1, py::format_descriptor<uint8_t>::format(), 1,
@@ -423,6 +427,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("num_samples", [](const PyReader& r) { return r.h.num_samples; })
         .def_property_readonly("num_epochs", [](const PyReader& r) { return r.h.num_epochs; })
         .def_property_readonly("record_size", [](const PyReader& r) { return r.h.record_size; })
+        .def_property_readonly("index_width", [](const PyReader& r) { return r.h.index_width; })
         .def_property_readonly("value_kind", [](const PyReader& r) { return r.h.value_kind; })
         .def_property_readonly("records_offset", [](const PyReader& r) { return r.h.records_offset; })
         .def_property_readonly("file_size", [](const PyReader& r) { return r.h.file_size(); })
@@ -484,13 +489,14 @@ PYBIND11_MODULE(_core, m) {
     py::class_<PyWriter>(m, "Writer", "Read-write memory map of a store being written.")
         .def_static("create", &PyWriter::create, py::arg("path"), py::arg("k"), py::arg("num_classes"),
                     py::arg("num_samples"), py::arg("num_epochs"), py::arg("value_kind"), py::arg("metadata_json"),
-                    py::arg("keys"), py::arg("overwrite") = false)
+                    py::arg("keys"), py::arg("overwrite") = false, py::arg("index_width") = 0)
         .def_static("resume", &PyWriter::resume, py::arg("path"))
         .def_readonly("path", &PyWriter::path)
         .def_property_readonly("k", [](const PyWriter& w) { return w.h.k; })
         .def_property_readonly("num_classes", [](const PyWriter& w) { return w.h.num_classes; })
         .def_property_readonly("num_samples", [](const PyWriter& w) { return w.h.num_samples; })
         .def_property_readonly("num_epochs", [](const PyWriter& w) { return w.h.num_epochs; })
+        .def_property_readonly("index_width", [](const PyWriter& w) { return w.h.index_width; })
         .def("write_dense", &PyWriter::write_dense, py::arg("epoch"), py::arg("sample_ids"), py::arg("dense"),
              py::arg("seeds"))
         .def("write_topk", &PyWriter::write_topk, py::arg("epoch"), py::arg("sample_ids"), py::arg("values"),

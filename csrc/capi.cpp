@@ -67,6 +67,8 @@ void cedstore_shape(const cedstore_reader* reader, uint32_t* k, uint32_t* num_cl
     if (num_epochs != nullptr) *num_epochs = h.num_epochs;
 }
 
+uint32_t cedstore_index_bytes(const cedstore_reader* reader) { return reader->reader.header().layout().index_bytes(); }
+
 cedstore_status cedstore_decode_dense(const cedstore_reader* reader, uint32_t epoch, const int64_t* sample_ids,
                                       size_t n, float fill, float* out, int32_t* seeds_out, char* err,
                                       size_t err_len) {

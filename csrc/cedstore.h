@@ -54,6 +54,10 @@ CEDSTORE_API cedstore_status cedstore_open(const char* path, cedstore_reader** o
 CEDSTORE_API void cedstore_shape(const cedstore_reader* reader, uint32_t* k, uint32_t* num_classes,
                                  uint64_t* num_samples, uint32_t* num_epochs);
 
+/* Bytes per stored class index: 2 (int16, stores of at most 32767 classes) or 4 (int32, the wide
+ * layout of format 1.2). Decoding is the same for both; this is for tools that read records raw. */
+CEDSTORE_API uint32_t cedstore_index_bytes(const cedstore_reader* reader);
+
 /* Decodes records (epoch, sample_ids[i]) for i < n into out[n][num_classes] (fill outside the
  * top-k) and seeds_out[n]. */
 CEDSTORE_API cedstore_status cedstore_decode_dense(const cedstore_reader* reader, uint32_t epoch,

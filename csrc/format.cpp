@@ -34,16 +34,20 @@ bool lay_out(const Header& h, Layout* l) {
            add(l->records_offset, l->records_length, &table_end);  // the file size fits
 }
 
-// A message for the first shape field out of range, or "" when all are fine.
-std::string shape_problem(uint32_t k, uint32_t c, uint64_t n, uint32_t e, uint32_t value_kind) {
+// A message for the first shape field out of range, or "" when all are fine. index_width is
+// checked first: the class limit depends on it.
+std::string shape_problem(uint32_t k, uint32_t c, uint64_t n, uint32_t e, uint32_t value_kind, uint32_t index_width) {
     const auto s = [](auto... parts) {
         std::string out;
         ((out += parts), ...);
         return out;
     };
     using std::to_string;
-    if (c < 1 || c > kMaxClasses)
-        return s("num_classes: expected 1 <= num_classes <= ", to_string(kMaxClasses), ", found ", to_string(c));
+    if (index_width != 0 && index_width != kIndexWidthWide)
+        return s("index_width: expected 0 (int16 class indices) or 4 (int32 class indices), found ", to_string(index_width));
+    const uint32_t max_c = max_classes(index_width == kIndexWidthWide);
+    if (c < 1 || c > max_c)
+        return s("num_classes: expected 1 <= num_classes <= ", to_string(max_c), ", found ", to_string(c));
     if (k < 1 || k > c)
         return s("k: expected 1 <= k <= num_classes (", to_string(c), "), found ", to_string(k));
     if (n < 1) return "num_samples: expected >= 1, found 0";
@@ -158,8 +162,8 @@ bool key_table_length(uint64_t n, uint64_t blob_length, uint64_t* out) {
 }
 
 Header make_header(uint32_t k, uint32_t num_classes, uint64_t num_samples, uint32_t num_epochs,
-                   uint32_t value_kind, uint64_t metadata_length, uint64_t keys_length) {
-    const std::string problem = shape_problem(k, num_classes, num_samples, num_epochs, value_kind);
+                   uint32_t value_kind, uint64_t metadata_length, uint64_t keys_length, uint32_t index_width) {
+    const std::string problem = shape_problem(k, num_classes, num_samples, num_epochs, value_kind, index_width);
     if (!problem.empty()) fail(ErrorKind::kInvalidInput, problem);
     if (metadata_length < 2 || metadata_length > kMaxMetadataLength)
         fail(ErrorKind::kInvalidInput, "metadata: expected a JSON object of 2 to ", kMaxMetadataLength, " bytes, found ",
@@ -169,7 +173,8 @@ Header make_header(uint32_t k, uint32_t num_classes, uint64_t num_samples, uint3
     h.num_classes = num_classes;
     h.num_samples = num_samples;
     h.num_epochs = num_epochs;
-    h.record_size = 4 * k + 4;
+    h.index_width = index_width;
+    h.record_size = h.layout().size;
     h.value_kind = value_kind;
     h.metadata_length = metadata_length;
     h.keys_length = keys_length;
@@ -197,7 +202,7 @@ void encode_header(const Header& h, uint8_t* out) {
     store<uint32_t>(out + 32, h.num_epochs);
     store<uint32_t>(out + 36, h.record_size);
     store<uint32_t>(out + 40, h.value_kind);
-    store<uint32_t>(out + 44, h.reserved0);
+    store<uint32_t>(out + 44, h.index_width);
     store<uint64_t>(out + 48, h.metadata_offset);
     store<uint64_t>(out + 56, h.metadata_length);
     store<uint64_t>(out + 64, h.keys_offset);
@@ -232,7 +237,7 @@ Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& 
     h.num_epochs = load<uint32_t>(data + 32);
     h.record_size = load<uint32_t>(data + 36);
     h.value_kind = load<uint32_t>(data + 40);
-    h.reserved0 = load<uint32_t>(data + 44);
+    h.index_width = load<uint32_t>(data + 44);
     h.metadata_offset = load<uint64_t>(data + 48);
     h.metadata_length = load<uint64_t>(data + 56);
     h.keys_offset = load<uint64_t>(data + 64);
@@ -244,11 +249,16 @@ Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& 
     if (h.has_sections_crc()) h.sections_crc = load<uint32_t>(data + 112);
 
     if (h.header_size != kHeaderSize) bad("header field header_size: expected 128, found ", h.header_size);
-    const std::string problem = shape_problem(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind);
+    // Bytes 44-47 were reserved0 (zero) before 1.2: a wide file of an older minor version is corrupt.
+    if (h.version_minor < kWideIndexMinorVersion && h.index_width != 0)
+        bad("header field reserved0: expected 0, found ", h.index_width);
+    const std::string problem =
+        shape_problem(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind, h.index_width);
     if (!problem.empty()) bad("header field ", problem);
-    if (h.record_size != 4 * h.k + 4)
-        bad("header field record_size: expected 4*k + 4 = ", 4 * h.k + 4, ", found ", h.record_size);
-    if (h.reserved0 != 0) bad("header field reserved0: expected 0, found ", h.reserved0);
+    const uint32_t record_size = h.layout().size;  // k <= C <= 2^24: no overflow
+    if (h.record_size != record_size)
+        bad("header field record_size: expected ", h.wide() ? "4*ceil(k/2) + 4*k + 4 = " : "4*k + 4 = ", record_size,
+            ", found ", h.record_size);
     if (h.metadata_offset != kHeaderSize) bad("header field metadata_offset: expected 128, found ", h.metadata_offset);
     if (h.metadata_length < 2) bad("header field metadata_length: expected >= 2, found ", h.metadata_length);
     // Reserved bytes are checked only up to the minor version this reader knows: a newer minor

@@ -3,8 +3,10 @@
 // check bounds first.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -45,7 +47,7 @@ inline uint32_t first_non_finite(const float* x, uint32_t c) {
 // values[n][k] (float16 bits) and indices[n][k]. Returns the first fault; rows after it are
 // not encoded.
 template <class T>
-EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* values, int16_t* indices) {
+EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* values, int32_t* indices) {
     TopkScratch s;
     std::vector<float> converted;  // a float16 row as float32
     EncodeFault f;
@@ -58,7 +60,7 @@ EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* 
             for (uint32_t i = 0; i < c; ++i) converted[i] = f16_to_f32(x[r * c + i]);
             row = converted.data();
         }
-        int16_t* idx = indices + r * k;
+        int32_t* idx = indices + r * k;
         if (!select_topk(row, c, k, s, idx)) {  // some value is NaN or infinite
             const uint32_t bad = first_non_finite(row, c);
             f.kind = row[bad] != row[bad] ? Fault::kNaN : Fault::kInf;
@@ -77,73 +79,95 @@ EncodeFault encode_rows(const T* x, size_t n, uint32_t c, uint32_t k, uint16_t* 
     return f;
 }
 
-// Record layout: values f16[k] at 0, indices i16[k] at 2k, seed i32 at 4k.
 enum class RecordStatus : uint8_t { kOk, kUnwritten, kBadIndex };
 
 // Records in a mapping another process may write are read and written as 4-byte atomics
 // (records_offset is a multiple of 4096 and record_size of 4, so every word is aligned).
-// indices[0] lives in word 2k/4: the low half when k is even, the high half when k is odd.
-inline uint32_t marker_word(uint32_t k) { return k / 2; }
-inline int16_t marker_of(uint32_t word, uint32_t k) { return static_cast<int16_t>(k % 2 ? word >> 16 : word & 0xffffu); }
-inline uint32_t with_marker(uint32_t word, int16_t marker, uint32_t k) {
-    const uint32_t m = static_cast<uint16_t>(marker);
-    return k % 2 ? (word & 0xffffu) | (m << 16) : (word & 0xffff0000u) | m;
+// indices[0] lives in word indices_offset/4: all of it (int32 indices), or its low half (int16,
+// k even) or high half (int16, k odd). A record is unwritten when those bits are all set (-1).
+inline uint32_t marker_word(const RecordLayout& l) { return l.indices_offset / 4; }
+inline uint32_t marker_mask(const RecordLayout& l) {
+    return l.wide ? 0xffffffffu : 0xffffu << (8 * (l.indices_offset % 4));
+}
+inline bool marker_unwritten(uint32_t word, const RecordLayout& l) { return (word & marker_mask(l)) == marker_mask(l); }
+
+// Whether a record in shared memory is written, with acquire: if it is, the record's other
+// bytes, stored before indices[0] with release, are visible.
+inline bool record_written(const uint8_t* rec, const RecordLayout& l) {
+    return !marker_unwritten(__atomic_load_n(reinterpret_cast<const uint32_t*>(rec) + marker_word(l), __ATOMIC_ACQUIRE), l);
 }
 
-// indices[0] of a record in shared memory, with acquire: if it is not -1, the record's other
-// bytes, stored before it with release, are visible.
-inline int16_t load_marker(const uint8_t* rec, uint32_t k) {
-    return marker_of(__atomic_load_n(reinterpret_cast<const uint32_t*>(rec) + marker_word(k), __ATOMIC_ACQUIRE), k);
-}
-
-inline bool record_written(const uint8_t* rec, uint32_t k) { return load_marker(rec, k) != kUnwrittenIndex; }
-
-// Copies the k + 1 words of a record out of shared memory: indices[0]'s word first (acquire),
-// then the rest (relaxed). Whether the copy is whole is for the caller's sequence check.
-inline void copy_record(const uint8_t* src, uint32_t* dst, uint32_t k) {
+// Copies the words of a record out of shared memory: indices[0]'s word first (acquire), then
+// the rest (relaxed). Whether the copy is whole is for the caller's sequence check.
+inline void copy_record(const uint8_t* src, uint32_t* dst, const RecordLayout& l) {
     const auto* s = reinterpret_cast<const uint32_t*>(src);
-    const uint32_t m = marker_word(k);
+    const uint32_t m = marker_word(l), words = l.words();
     dst[m] = __atomic_load_n(s + m, __ATOMIC_ACQUIRE);
     for (uint32_t w = 0; w < m; ++w) dst[w] = __atomic_load_n(s + w, __ATOMIC_RELAXED);
-    for (uint32_t w = m + 1; w <= k; ++w) dst[w] = __atomic_load_n(s + w, __ATOMIC_RELAXED);
+    for (uint32_t w = m + 1; w < words; ++w) dst[w] = __atomic_load_n(s + w, __ATOMIC_RELAXED);
 }
 
-// Stores the record image img[k + 1] into shared memory: every other word (relaxed), then the
+// Stores the record image img[words] into shared memory: every other word (relaxed), then the
 // word holding indices[0] (release), so no reader sees it written before it is whole.
-inline void publish_record(uint8_t* dst, const uint32_t* img, uint32_t k) {
+inline void publish_record(uint8_t* dst, const uint32_t* img, const RecordLayout& l) {
     auto* d = reinterpret_cast<uint32_t*>(dst);
-    const uint32_t m = marker_word(k);
+    const uint32_t m = marker_word(l), words = l.words();
     for (uint32_t w = 0; w < m; ++w) __atomic_store_n(d + w, img[w], __ATOMIC_RELAXED);
-    for (uint32_t w = m + 1; w <= k; ++w) __atomic_store_n(d + w, img[w], __ATOMIC_RELAXED);
+    for (uint32_t w = m + 1; w < words; ++w) __atomic_store_n(d + w, img[w], __ATOMIC_RELAXED);
     __atomic_store_n(d + m, img[m], __ATOMIC_RELEASE);
 }
 
-// Decodes one record into out[0, c). Preconditions: rec holds record_size bytes, out c floats.
-// On kBadIndex, *bad_pos is the position j of the class index outside [0, c).
-inline RecordStatus decode_dense_record(const uint8_t* rec, uint32_t k, uint32_t c, float fill, bool zero_fill,
-                                        float* out, int32_t* seed, uint32_t* bad_pos) {
-    const uint8_t* idx = rec + 2 * k;
-    if (load<int16_t>(idx) == kUnwrittenIndex) return RecordStatus::kUnwritten;
+// The record image of one row (values f16 bits, class indices, seed), padding zero.
+// Precondition: img holds l.words() words; every class fits the layout's index type.
+inline void fill_record(uint32_t* img, const RecordLayout& l, const uint16_t* values, const int32_t* indices,
+                        int32_t seed) {
+    auto* b = reinterpret_cast<uint8_t*>(img);
+    std::memset(b, 0, l.size);
+    std::memcpy(b, values, 2 * l.k);
+    if (l.wide) {
+        std::memcpy(b + l.indices_offset, indices, 4 * l.k);
+    } else {
+        for (uint32_t j = 0; j < l.k; ++j) store<int16_t>(b + l.indices_offset + 2 * j, static_cast<int16_t>(indices[j]));
+    }
+    store<int32_t>(b + l.seed_offset(), seed);
+}
+
+// Class index j of a record as stored, sign included (for messages and verify).
+inline int64_t stored_class(const uint8_t* rec, const RecordLayout& l, uint32_t j) {
+    const uint8_t* p = rec + l.indices_offset + l.index_bytes() * j;
+    return l.wide ? int64_t{load<int32_t>(p)} : int64_t{load<int16_t>(p)};
+}
+
+// Decodes one record into out[0, c). Index is uint16_t (int16 indices) or uint32_t (int32):
+// read unsigned, a negative index is >= 32768 or >= 2^31, beyond any c. Preconditions: rec
+// holds the record's bytes, out c floats. On kBadIndex, *bad_pos is the position j of the
+// class index outside [0, c).
+template <class Index>
+inline RecordStatus decode_dense_record(const uint8_t* rec, const RecordLayout& l, uint32_t c, float fill,
+                                        bool zero_fill, float* out, int32_t* seed, uint32_t* bad_pos) {
+    const uint8_t* idx = rec + l.indices_offset;
+    if (load<Index>(idx) == static_cast<Index>(kUnwrittenIndex)) return RecordStatus::kUnwritten;
     if (zero_fill) std::memset(out, 0, sizeof(float) * c);
     else std::fill_n(out, c, fill);
-    for (uint32_t j = 0; j < k; ++j) {
-        const uint16_t cls = load<uint16_t>(idx + 2 * j);  // negative i16 -> >= 32768 >= c
+    for (uint32_t j = 0; j < l.k; ++j) {
+        const uint32_t cls = load<Index>(idx + sizeof(Index) * j);
         if (cls >= c) {
             *bad_pos = j;
             return RecordStatus::kBadIndex;
         }
         out[cls] = f16_to_f32(load<uint16_t>(rec + 2 * j));
     }
-    *seed = load<int32_t>(rec + 4 * k);
+    *seed = load<int32_t>(rec + l.seed_offset());
     return RecordStatus::kOk;
 }
 
-inline RecordStatus decode_topk_record(const uint8_t* rec, uint32_t k, uint32_t c, float* values, int64_t* indices,
-                                       int32_t* seed, uint32_t* bad_pos) {
-    const uint8_t* idx = rec + 2 * k;
-    if (load<int16_t>(idx) == kUnwrittenIndex) return RecordStatus::kUnwritten;
-    for (uint32_t j = 0; j < k; ++j) {
-        const uint16_t cls = load<uint16_t>(idx + 2 * j);
+template <class Index>
+inline RecordStatus decode_topk_record(const uint8_t* rec, const RecordLayout& l, uint32_t c, float* values,
+                                       int64_t* indices, int32_t* seed, uint32_t* bad_pos) {
+    const uint8_t* idx = rec + l.indices_offset;
+    if (load<Index>(idx) == static_cast<Index>(kUnwrittenIndex)) return RecordStatus::kUnwritten;
+    for (uint32_t j = 0; j < l.k; ++j) {
+        const uint32_t cls = load<Index>(idx + sizeof(Index) * j);
         if (cls >= c) {
             *bad_pos = j;
             return RecordStatus::kBadIndex;
@@ -151,8 +175,24 @@ inline RecordStatus decode_topk_record(const uint8_t* rec, uint32_t k, uint32_t 
         indices[j] = cls;
         values[j] = f16_to_f32(load<uint16_t>(rec + 2 * j));
     }
-    *seed = load<int32_t>(rec + 4 * k);
+    *seed = load<int32_t>(rec + l.seed_offset());
     return RecordStatus::kOk;
 }
+
+// Repeated classes in one row, without memory the size of C (C may be 2^24): earlier[j] is
+// the last position before j holding cls[j], or -1, from a sort of the (class, position) pairs.
+struct RepeatFinder {
+    std::vector<std::pair<int64_t, uint32_t>> pairs;
+    std::vector<int64_t> earlier;
+
+    void find(const int64_t* cls, uint32_t k) {
+        pairs.resize(k);
+        earlier.assign(k, -1);
+        for (uint32_t j = 0; j < k; ++j) pairs[j] = {cls[j], j};
+        std::sort(pairs.begin(), pairs.end());
+        for (uint32_t j = 1; j < k; ++j)
+            if (pairs[j].first == pairs[j - 1].first) earlier[pairs[j].second] = pairs[j - 1].second;
+    }
+};
 
 }  // namespace cedstore

@@ -58,10 +58,10 @@ bool writer_present(int fd) {
 // writer that is gone (no one holds the writer lock: FORMAT.md, "Rewriting a record");
 // false after kRewriteAttempts tries.
 constexpr int kRewriteAttempts = 1000;
-bool copy_settled(const uint64_t* entry, const uint8_t* src, uint32_t* dst, uint32_t k, int fd) {
+bool copy_settled(const uint64_t* entry, const uint8_t* src, uint32_t* dst, const RecordLayout& l, int fd) {
     for (int attempt = 0; attempt < kRewriteAttempts; ++attempt) {
         const uint64_t before = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
-        copy_record(src, dst, k);
+        copy_record(src, dst, l);
         std::atomic_thread_fence(std::memory_order_acquire);
         if (__atomic_load_n(entry, __ATOMIC_RELAXED) == before &&
             (!rewriting(before) || (attempt >= 16 && !writer_present(fd))))
@@ -194,7 +194,8 @@ void Store::check_ids(int64_t epoch, const int64_t* ids, size_t n) const {
 
 void Store::written(int64_t epoch, bool* out) const {
     const uint8_t* base = epoch_records(epoch);
-    for (uint64_t i = 0; i < h_.num_samples; ++i) out[i] = record_written(base + i * h_.record_size, h_.k);
+    const RecordLayout l = h_.layout();
+    for (uint64_t i = 0; i < h_.num_samples; ++i) out[i] = record_written(base + i * h_.record_size, l);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ void Reader::fail_record(int64_t epoch, int64_t id, int status, uint32_t pos, co
     if (status == static_cast<int>(RecordStatus::kUnwritten))
         fail(ErrorKind::kUnwritten, path_, ": epoch ", epoch, ", sample ", id, ": record not written");
     fail(ErrorKind::kIntegrity, path_, ": epoch ", epoch, ", sample ", id, ": class index ",
-         load<int16_t>(rec + 2 * h_.k + 2 * pos), " at position ", pos, " outside [0, ", h_.num_classes,
+         stored_class(rec, h_.layout(), pos), " at position ", pos, " outside [0, ", h_.num_classes,
          ") (the record is corrupted)");
 }
 
@@ -224,9 +225,10 @@ template <class Decode>
 void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode&& decode) const {
     const uint8_t* base = epoch_records(epoch);
     check_ids(epoch, ids, n);
-    const uint32_t k = h_.k, rs = h_.record_size, words = k + 1;
+    const RecordLayout l = h_.layout();
+    const uint32_t rs = l.size, words = l.words();
     const uint64_t* entry = epoch_entry_ptr(static_cast<uint32_t>(epoch));
-    alignas(64) uint32_t stack[1024];  // 32 records of k <= 31 fit: no allocation per call
+    alignas(64) uint32_t stack[1024];  // 32 records of up to 128 bytes fit: no allocation per call
     const size_t chunk = std::max<size_t>(1, std::min<size_t>(32, 1024 / words));
     std::vector<uint32_t> heap(words > 1024 ? words : 0);
     uint32_t* local = heap.empty() ? stack : heap.data();
@@ -241,11 +243,11 @@ void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode
             __builtin_prefetch(src + rs - 1);  // a record may straddle two cache lines
         }
         const uint64_t before = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
-        for (size_t j = 0; j < m; ++j) copy_record(base + ids[r0 + j] * rs, local + j * words, k);
+        for (size_t j = 0; j < m; ++j) copy_record(base + ids[r0 + j] * rs, local + j * words, l);
         std::atomic_thread_fence(std::memory_order_acquire);
         if (rewriting(before) || __atomic_load_n(entry, __ATOMIC_RELAXED) != before) {
             for (size_t j = 0; j < m; ++j)
-                if (!copy_settled(entry, base + ids[r0 + j] * rs, local + j * words, k, map_->fd()))
+                if (!copy_settled(entry, base + ids[r0 + j] * rs, local + j * words, l, map_->fd()))
                     fail(ErrorKind::kUnwritten, path_, ": epoch ", epoch, ", sample ", ids[r0 + j],
                          ": record not written (the writer holding the file kept rewriting records of this "
                          "epoch while it was read)");
@@ -259,30 +261,42 @@ void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode
     }
 }
 
+// One instantiation per index type, so that the per-record loop has no branch on the layout.
 void Reader::decode_dense(int64_t epoch, const int64_t* ids, size_t n, float fill, float* out,
                           int32_t* seeds) const {
-    const uint32_t k = h_.k, c = h_.num_classes;
+    const RecordLayout l = h_.layout();
+    const uint32_t c = h_.num_classes;
     const bool zero_fill = f32_bits(fill) == 0;
-    for_each_record(epoch, ids, n, [&](size_t r, const uint8_t* rec, uint32_t* pos) {
-        return decode_dense_record(rec, k, c, fill, zero_fill, out + r * c, seeds + r, pos);
-    });
+    const auto run = [&](auto index) {
+        using Index = decltype(index);
+        for_each_record(epoch, ids, n, [&](size_t r, const uint8_t* rec, uint32_t* pos) {
+            return decode_dense_record<Index>(rec, l, c, fill, zero_fill, out + r * c, seeds + r, pos);
+        });
+    };
+    l.wide ? run(uint32_t{}) : run(uint16_t{});
 }
 
 void Reader::decode_topk(int64_t epoch, const int64_t* ids, size_t n, float* values, int64_t* indices,
                          int32_t* seeds) const {
-    const uint32_t k = h_.k, c = h_.num_classes;
-    for_each_record(epoch, ids, n, [&](size_t r, const uint8_t* rec, uint32_t* pos) {
-        return decode_topk_record(rec, k, c, values + r * k, indices + r * k, seeds + r, pos);
-    });
+    const RecordLayout l = h_.layout();
+    const uint32_t k = l.k, c = h_.num_classes;
+    const auto run = [&](auto index) {
+        using Index = decltype(index);
+        for_each_record(epoch, ids, n, [&](size_t r, const uint8_t* rec, uint32_t* pos) {
+            return decode_topk_record<Index>(rec, l, c, values + r * k, indices + r * k, seeds + r, pos);
+        });
+    };
+    l.wide ? run(uint32_t{}) : run(uint16_t{});
 }
 
 void Reader::verify(bool require_complete, int64_t epoch) const {
-    const uint32_t k = h_.k, c = h_.num_classes;
+    const RecordLayout l = h_.layout();
+    const uint32_t k = l.k, c = h_.num_classes;
     if (epoch != -1) epoch_records(epoch);  // range check
     const uint32_t first = epoch == -1 ? 0 : static_cast<uint32_t>(epoch);
     const uint32_t end = epoch == -1 ? h_.num_epochs : first + 1;
-    std::vector<uint64_t> stamp(c, 0);  // stamp[cls] == record number + 1: cls seen in this record
-    uint64_t record_number = 0;
+    RepeatFinder repeats;
+    std::vector<int64_t> classes(k);
     for (uint32_t e = first; e < end; ++e) {
         const auto [state, crc] = epoch_entry(e);
         const bool sealed = state == kEpochSealed;
@@ -292,19 +306,18 @@ void Reader::verify(bool require_complete, int64_t epoch) const {
             const auto bad = [&](auto... parts) {
                 fail(ErrorKind::kIntegrity, path_, ": epoch ", e, ", sample ", i, ": ", parts...);
             };
-            ++record_number;
-            if (!record_written(rec, k)) {
+            if (!record_written(rec, l)) {
                 if (sealed) bad("record not written in a sealed epoch");
                 if (require_complete) fail(ErrorKind::kUnwritten, path_, ": epoch ", e, ", sample ", i, ": record not written");
                 continue;
             }
+            for (uint32_t j = 0; j < k; ++j) classes[j] = stored_class(rec, l, j);
+            repeats.find(classes.data(), k);
             float previous = 0.0f;
             for (uint32_t j = 0; j < k; ++j) {
-                const uint16_t cls = load<uint16_t>(rec + 2 * k + 2 * j);
-                if (cls >= c)
-                    bad("class index ", static_cast<int16_t>(cls), " at position ", j, " outside [0, ", c, ")");
-                if (stamp[cls] == record_number) bad("class index ", cls, " appears twice");
-                stamp[cls] = record_number;
+                const int64_t cls = classes[j];
+                if (cls < 0 || cls >= c) bad("class index ", cls, " at position ", j, " outside [0, ", c, ")");
+                if (repeats.earlier[j] >= 0) bad("class index ", cls, " appears twice");
                 const uint16_t bits = load<uint16_t>(rec + 2 * j);
                 if (!f16_is_finite(bits)) bad("value at position ", j, " is not finite");
                 const float v = f16_to_f32(bits);
@@ -312,6 +325,8 @@ void Reader::verify(bool require_complete, int64_t epoch) const {
                     bad("values are not non-increasing: ", previous, " at position ", j - 1, ", then ", v);
                 previous = v;
             }
+            for (uint32_t b = 2 * k; b < l.indices_offset; ++b)
+                if (rec[b] != 0) bad("padding after the values is not zero");
         }
         if (sealed) {
             const uint32_t actual = crc32(base, h_.epoch_bytes());

@@ -144,12 +144,13 @@ class Reader : public Store {
 
 class Writer : public Store {
   public:
-    // A new file: header, metadata, key table, open epochs, records filled with 0xFF.
+    // A new file: header, metadata, key table, open epochs, records filled with 0xFF;
+    // index_width 0 (int16 class indices) or 4 (int32).
     // InvalidInputError for bad shapes or keys; OSError (FileExistsError) from the OS.
     static std::unique_ptr<Writer> create(const std::string& path, uint32_t k, uint32_t num_classes,
                                           uint64_t num_samples, uint32_t num_epochs, uint32_t value_kind,
                                           const std::string& metadata, const std::vector<std::string>* keys,
-                                          bool overwrite);
+                                          bool overwrite, uint32_t index_width = 0);
     // An existing file, validated like a Reader; every epoch is marked open before returning.
     static std::unique_ptr<Writer> resume(const std::string& path);
 
@@ -173,7 +174,7 @@ class Writer : public Store {
     void check_batch(int64_t epoch, const int64_t* ids, size_t n, size_t num_cols, size_t expected_cols,
                      const char* what, const int64_t* seeds) const;
     // Takes mu_ (one batch stores at a time: the rewrite sequence has one writer) and stores.
-    void store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int16_t* indices,
+    void store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int32_t* indices,
                        const int64_t* seeds);
     std::atomic<bool> closed_{false};
     std::mutex mu_;  // held by store_records and close: close never seals half a batch

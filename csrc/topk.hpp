@@ -167,7 +167,7 @@ inline bool rank_candidates(const float* v, uint32_t m, uint32_t padded, uint32_
 // Selects the k largest of x[0, c) in a stable order (ties: lower class first), exactly the
 // first k of np.argsort(-x, kind="stable"). Returns false, and no selection, if some x[i] is
 // not finite. Precondition: 1 <= k <= c.
-inline bool select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, int16_t* indices) {
+inline bool select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, int32_t* indices) {
     constexpr float kNoThreshold = -std::numeric_limits<float>::infinity();
     if (k > 64) {  // insertion costs O(c*k); sort partially in O(c log k)
         for (uint32_t i = 0; i < c; ++i)
@@ -176,7 +176,7 @@ inline bool select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, 
         std::iota(s.cand.begin(), s.cand.end(), 0u);
         const auto before = [x](uint32_t a, uint32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
         std::partial_sort(s.cand.begin(), s.cand.begin() + k, s.cand.end(), before);
-        for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.cand[j]);
+        for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int32_t>(s.cand[j]);
         return true;
     }
     const uint32_t want = std::min(c, k + k / 2 + 4);  // the rank whose value is the next guess
@@ -199,7 +199,7 @@ inline bool select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, 
             std::iota(by_rank, by_rank + m, 0u);
             std::stable_sort(by_rank, by_rank + m, [v](uint32_t a, uint32_t b) { return v[a] > v[b]; });
         }
-        for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(cand[by_rank[j]]);
+        for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int32_t>(cand[by_rank[j]]);
         const float kth = v[by_rank[k - 1]];
         // Next guess: the value of rank want-1; with fewer candidates, widen [t, kth] below t.
         s.threshold = m >= want ? v[by_rank[want - 1]]
@@ -208,7 +208,7 @@ inline bool select_topk(const float* x, uint32_t c, uint32_t k, TopkScratch& s, 
     }
     // Fewer than k candidates (the guess was too high), or too many to rank: insertion.
     const uint32_t n = m >= k ? insertion_select(x, cand, m, want, s) : insertion_select(x, nullptr, c, want, s);
-    for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int16_t>(s.classes[j]);
+    for (uint32_t j = 0; j < k; ++j) indices[j] = static_cast<int32_t>(s.classes[j]);
     s.threshold = n == want ? s.values[want - 1] : kNoThreshold;
     return true;
 }

@@ -70,7 +70,7 @@ uint64_t open_entry(uint32_t sequence) { return (uint64_t{sequence} << 32) | kEp
 
 std::unique_ptr<Writer> Writer::create(const std::string& path, uint32_t k, uint32_t num_classes, uint64_t num_samples,
                                        uint32_t num_epochs, uint32_t value_kind, const std::string& metadata,
-                                       const std::vector<std::string>* keys, bool overwrite) {
+                                       const std::vector<std::string>* keys, bool overwrite, uint32_t index_width) {
     uint64_t blob_length = 0, keys_length = 0;
     std::vector<uint64_t> order;
     if (keys != nullptr) {
@@ -78,7 +78,8 @@ std::unique_ptr<Writer> Writer::create(const std::string& path, uint32_t k, uint
         if (!key_table_length(num_samples, blob_length, &keys_length))
             fail(ErrorKind::kInvalidInput, "keys: the key table does not fit in a 64-bit file size");
     }
-    const Header h = make_header(k, num_classes, num_samples, num_epochs, value_kind, metadata.size(), keys_length);
+    const Header h =
+        make_header(k, num_classes, num_samples, num_epochs, value_kind, metadata.size(), keys_length, index_width);
 
     // Replacing by unlink + create: a Reader still mapping the old file keeps its pages. A
     // Writer still open on the old file would lose every later write: refuse while it holds the
@@ -160,33 +161,31 @@ void Writer::check_batch(int64_t epoch, const int64_t* ids, size_t n, size_t num
             fail(ErrorKind::kInvalidInput, where(path_, epoch, ids[r], r), ": seed ", seeds[r], " outside the int32 range");
 }
 
-void Writer::store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int16_t* indices,
+void Writer::store_records(int64_t epoch, const int64_t* ids, size_t n, const uint16_t* values, const int32_t* indices,
                            const int64_t* seeds) {
     std::lock_guard<std::mutex> guard(mu_);
     if (closed_.load()) fail(ErrorKind::kWriterClosed, path_, ": the writer is closed (closed while this write waited)");
-    const uint32_t k = h_.k, rs = h_.record_size, m = marker_word(k);
+    const RecordLayout l = h_.layout();
+    const uint32_t k = l.k, rs = l.size, m = marker_word(l);
     uint8_t* base = const_cast<uint8_t*>(epoch_records(epoch));  // checks the file size
     uint64_t* entry = entry_of(map_->data(), h_, static_cast<uint32_t>(epoch));
-    std::vector<uint32_t> image(k + 1);
-    auto* img = reinterpret_cast<uint8_t*>(image.data());
+    std::vector<uint32_t> image(l.words());
     for (size_t r = 0; r < n; ++r) {
         // Precondition: 0 <= ids[r] < N (check_batch; ids is the caller's own copy).
-        std::memcpy(img, values + r * k, 2 * k);
-        std::memcpy(img + 2 * k, indices + r * k, 2 * k);
-        store<int32_t>(img + 4 * k, static_cast<int32_t>(seeds[r]));
+        fill_record(image.data(), l, values + r * k, indices + r * k, static_cast<int32_t>(seeds[r]));
         uint8_t* rec = base + ids[r] * rs;
         auto* marker = reinterpret_cast<uint32_t*>(rec) + m;
         const uint32_t current = __atomic_load_n(marker, __ATOMIC_RELAXED);
-        const bool rewrite = marker_of(current, k) != kUnwrittenIndex;
+        const bool rewrite = !marker_unwritten(current, l);
         uint32_t sequence = 0;
         if (rewrite) {  // FORMAT.md, "Rewriting a record": sequence odd, unwritten, record, sequence even
             sequence = static_cast<uint32_t>(__atomic_load_n(entry, __ATOMIC_RELAXED) >> 32) + 1;
             __atomic_store_n(entry, open_entry(sequence), __ATOMIC_RELAXED);
             std::atomic_thread_fence(std::memory_order_release);
-            __atomic_store_n(marker, with_marker(current, kUnwrittenIndex, k), __ATOMIC_RELAXED);
+            __atomic_store_n(marker, current | marker_mask(l), __ATOMIC_RELAXED);  // indices[0] = -1
             std::atomic_thread_fence(std::memory_order_release);
         }
-        publish_record(rec, image.data(), k);  // indices[0] last: never half-written and read as written
+        publish_record(rec, image.data(), l);  // indices[0] last: never half-written and read as written
         if (rewrite) __atomic_store_n(entry, open_entry(sequence + 1), __ATOMIC_RELEASE);
     }
 }
@@ -196,7 +195,7 @@ void Writer::write_dense(int64_t epoch, const int64_t* ids, size_t n, FloatArray
     check_batch(epoch, ids, n, num_cols, h_.num_classes, "dense", seeds);
     const uint32_t k = h_.k, c = h_.num_classes;
     std::vector<uint16_t> values(n * k);
-    std::vector<int16_t> indices(n * k);
+    std::vector<int32_t> indices(n * k);
     const EncodeFault f =
         dense.half ? encode_rows(static_cast<const uint16_t*>(dense.data), n, c, k, values.data(), indices.data())
                    : encode_rows(static_cast<const float*>(dense.data), n, c, k, values.data(), indices.data());
@@ -211,11 +210,11 @@ void Writer::write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray 
     check_batch(epoch, ids, n, num_cols, h_.k, "values", seeds);
     const uint32_t k = h_.k, c = h_.num_classes;
     std::vector<uint16_t> vals(n * k);
-    std::vector<int16_t> idx(n * k);
-    std::vector<uint64_t> stamp(c, 0);  // stamp[cls] == r + 1: cls already in row r ...
-    std::vector<uint32_t> first(c, 0);  // ... at position first[cls]
+    std::vector<int32_t> idx(n * k);
+    RepeatFinder repeats;
     for (size_t r = 0; r < n; ++r) {
         const auto bad = [&](auto... parts) { fail(ErrorKind::kInvalidInput, where(path_, epoch, ids[r], r), ": ", parts...); };
+        repeats.find(indices + r * k, k);
         for (uint32_t j = 0; j < k; ++j) {
             const size_t at = r * k + j;
             uint16_t h;
@@ -235,12 +234,10 @@ void Writer::write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray 
             const int64_t cls = indices[at];
             if (cls < 0 || cls >= static_cast<int64_t>(c))
                 bad("indices[", r, ", ", j, "] = ", cls, " outside [0, ", c, ")");
-            if (stamp[cls] == r + 1)
-                bad("indices[", r, ", ", j, "] = ", cls, " repeats indices[", r, ", ", first[cls], "]");
-            stamp[cls] = r + 1;
-            first[cls] = j;
+            if (repeats.earlier[j] >= 0)
+                bad("indices[", r, ", ", j, "] = ", cls, " repeats indices[", r, ", ", repeats.earlier[j], "]");
             vals[at] = h;
-            idx[at] = static_cast<int16_t>(cls);
+            idx[at] = static_cast<int32_t>(cls);
         }
     }
     store_records(epoch, ids, n, vals.data(), idx.data(), seeds);
@@ -255,7 +252,7 @@ void Writer::close(bool seal) {
             const uint8_t* base = epoch_records(e);
             bool complete = true;
             for (uint64_t i = 0; i < h_.num_samples && complete; ++i)
-                complete = record_written(base + i * h_.record_size, h_.k);
+                complete = record_written(base + i * h_.record_size, h_.layout());
             if (complete) seals.emplace_back(e, crc32(base, h_.epoch_bytes()));
         }
     }

@@ -199,7 +199,12 @@ def test_directory_and_missing_file(tmp_path):
 BAD_CREATE = [
     ({"k": 0}, InvalidInputError, r"x\.ced: k = 0 must be in \[1, num_classes = 4\]"),
     ({"k": 5}, InvalidInputError, r"x\.ced: k = 5 must be in \[1, num_classes = 4\]"),
-    ({"num_classes": 32768, "k": 2}, InvalidInputError, r"x\.ced: num_classes = 32768 must be in \[1, 32767\]"),
+    ({"num_classes": 32768, "k": 2, "index_dtype": np.int16}, InvalidInputError,
+     r"x\.ced: num_classes = 32768 must be in \[1, 32767\] with int16 class indices; 32768 classes need int32 class indices$"),
+    ({"num_classes": 2**24 + 1, "k": 2}, InvalidInputError,
+     r"x\.ced: num_classes = 16777217 must be in \[1, 16777216\] with int32 class indices \(the most any cedstore layout holds\)$"),
+    ({"num_classes": 4, "k": 2, "index_dtype": np.int64}, InvalidInputError,
+     r"x\.ced: index_dtype must be int16 or int32 \(or None: chosen by num_classes\), found int64$"),
     ({"num_classes": 0}, InvalidInputError, r"x\.ced: num_classes = 0 must be in \[1, 32767\]"),
     ({"num_samples": 0}, InvalidInputError, r"x\.ced: num_samples = 0 and num_epochs = 1 must be at least 1"),
     ({"num_epochs": 0}, InvalidInputError, r"x\.ced: num_samples = 3 and num_epochs = 0 must be at least 1"),

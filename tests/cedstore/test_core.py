@@ -103,7 +103,7 @@ def _write(path, data: bytes) -> None:
 def header_fields(path) -> dict:
     raw = _read(path)[:128]
     names = ("magic version version_minor header_size k num_classes num_samples num_epochs record_size value_kind "
-             "reserved0 metadata_offset metadata_length keys_offset keys_length epoch_table_offset epoch_table_length "
+             "index_width metadata_offset metadata_length keys_offset keys_length epoch_table_offset epoch_table_length "
              "records_offset records_length sections_crc reserved1 header_crc").split()
     return dict(zip(names, struct.unpack("<8sHHIIIQIIIIQQQQQQQQI8sI", raw)))
 
@@ -223,7 +223,7 @@ ENCODE_ERRORS = [
     (_row(1, 70000, 2), 2, r"dense\[0, 1\] = 70000 \(row 0, class 1\) is outside the float16 range"),
     (_row(1, 2, 3), 0, r"k: expected 1 <= k <= num_classes \(3\), found 0"),
     (_row(1, 2, 3), 4, r"k: expected 1 <= k <= num_classes \(3\), found 4"),
-    (np.zeros((1, 32768), np.float32), 1, r"dense: expected at most 32767 classes, found 32768"),
+    (np.zeros((1, 2**24 + 1), np.float32), 1, r"dense: expected at most 16777216 classes, found 16777217"),  # lazy pages
     (np.zeros((2, 3), np.float64), 1, r"dense: expected a 2-d float32 or float16 array, found 2-d float64"),
     (np.zeros(3, np.float32), 1, r"dense: expected a 2-d float32 or float16 array, found 1-d float32"),
     (np.zeros((1, 2, 3), np.float32), 1, r"dense: expected a 2-d float32 or float16 array, found 3-d float32"),
@@ -318,9 +318,9 @@ def test_file_layout_follows_the_spec(tmp_path):
     h = header_fields(path)
     raw = path.read_bytes()
     blob = b"".join(s.encode() for s in keys)
-    assert h["magic"] == b"CEDSTORE" and (h["version"], h["version_minor"]) == (1, 1) and h["header_size"] == 128
+    assert h["magic"] == b"CEDSTORE" and (h["version"], h["version_minor"]) == (1, 2) and h["header_size"] == 128
     assert (h["k"], h["num_classes"], h["num_samples"], h["num_epochs"], h["record_size"]) == (3, 9, 4, 3, 16)
-    assert h["header_crc"] == zlib.crc32(raw[:124]) and h["reserved0"] == 0 and h["reserved1"] == bytes(8)
+    assert h["header_crc"] == zlib.crc32(raw[:124]) and h["index_width"] == 0 and h["reserved1"] == bytes(8)
     assert h["sections_crc"] == zlib.crc32(raw[128:h["epoch_table_offset"]])
     assert (h["metadata_offset"], h["metadata_length"]) == (128, len(META))
     assert raw[128:128 + len(META)] == META

@@ -19,7 +19,7 @@ from cedstore.reference import ReferenceReader, ReferenceWriter
 HEADER_TABLE = [
     ("magic", 0, "8s"), ("version", 8, "H"), ("version_minor", 10, "H"), ("header_size", 12, "I"), ("k", 16, "I"),
     ("num_classes", 20, "I"), ("num_samples", 24, "Q"), ("num_epochs", 32, "I"),
-    ("record_size", 36, "I"), ("value_kind", 40, "I"), ("reserved0", 44, "I"),
+    ("record_size", 36, "I"), ("value_kind", 40, "I"), ("index_width", 44, "I"),
     ("metadata_offset", 48, "Q"), ("metadata_length", 56, "Q"), ("keys_offset", 64, "Q"),
     ("keys_length", 72, "Q"), ("epoch_table_offset", 80, "Q"), ("epoch_table_length", 88, "Q"),
     ("records_offset", 96, "Q"), ("records_length", 104, "Q"), ("sections_crc", 112, "I"), ("reserved1", 116, "8s"),
@@ -77,8 +77,8 @@ def test_reference_file_byte_by_byte(tmp_path):
     keys_length = 16 + 8 * 4 + 8 * 3 + len(blob)
     keys_offset = (128 + len(METADATA_JSON) + 7) // 8 * 8
     assert fields == {
-        "magic": b"CEDSTORE", "version": 1, "version_minor": 1, "header_size": 128, "k": 2, "num_classes": 5,
-        "num_samples": 3, "num_epochs": 2, "record_size": 12, "value_kind": 0, "reserved0": 0,
+        "magic": b"CEDSTORE", "version": 1, "version_minor": 2, "header_size": 128, "k": 2, "num_classes": 5,
+        "num_samples": 3, "num_epochs": 2, "record_size": 12, "value_kind": 0, "index_width": 0,
         "metadata_offset": 128, "metadata_length": len(METADATA_JSON), "keys_offset": keys_offset,
         "keys_length": keys_length, "epoch_table_offset": (keys_offset + keys_length + 7) // 8 * 8,
         "epoch_table_length": 16, "records_offset": 4096, "records_length": 72,
@@ -244,7 +244,8 @@ def test_read_header_every_truncation_and_byte_corruption():
         ({"num_epochs": 0}, r"header field num_epochs: expected >= 1, found 0"),
         ({"record_size": 13}, r"header field record_size: expected 4\*k \+ 4 = 12, found 13"),
         ({"value_kind": 2}, r"header field value_kind: expected 0 \(probability\) or 1 \(logit\), found 2"),
-        ({"reserved0": 1}, r"header field reserved0: expected 0, found 1"),
+        ({"index_width": 1}, r"header field index_width: expected 0 \(int16 class indices\) or 4 \(int32 class indices\), found 1"),
+        ({"version_minor": 1, "index_width": 4}, r"header field reserved0: expected 0, found 4"),
         ({"metadata_offset": 0}, r"header field metadata_offset: expected 128, found 0"),
         ({"reserved1": b"\x01" + bytes(7)}, r"header field reserved1: expected 8 zero bytes, found b'\\x01"),
         ({"version_minor": 0, "sections_crc": 1}, r"header field reserved1: expected 12 zero bytes, found b'\\x01"),
