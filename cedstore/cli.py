@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 import cedstore
+from cedstore.format import INDEX_WIDTHS, index_width_for, record_layout
 from cedstore.sizes import METHODS
 
 EXIT_STATUS = {
@@ -71,7 +72,8 @@ def _cmd_info(args) -> None:
         return
     print(f"{info['path']}: cedstore format {info['format_version']}, {info['value_kind']} values")
     print(f"  samples {info['num_samples']}, epochs {info['num_epochs']}, classes {info['num_classes']}, "
-          f"k {info['k']}, record {info['record_size']} bytes, keys {'yes' if info['has_keys'] else 'no'}")
+          f"k {info['k']}, record {info['record_size']} bytes ({info['index_dtype']} class indices), "
+          f"keys {'yes' if info['has_keys'] else 'no'}")
     print(f"  file {info['file_size']} bytes = records {info['records_bytes']} + overhead {info['overhead_bytes']}")
     for e in info["epochs"]:
         state = f"sealed crc32 {e['crc32']}" if e["sealed"] else "open"
@@ -115,11 +117,16 @@ def _cmd_dump(args) -> None:
 
 def _cmd_size(args) -> None:
     counts = args.num_samples, args.num_classes, args.k, args.num_epochs
-    rows = {m: cedstore.storage_bytes(*counts, method=m) for m in METHODS}
+    index_dtype = None if args.index_dtype == "auto" else np.dtype(args.index_dtype)
+    rows = {m: cedstore.storage_bytes(*counts, method=m, index_dtype=index_dtype) for m in METHODS}
+    width = index_width_for(args.num_classes, index_dtype)  # storage_bytes accepted it
+    layout = {"index_dtype": str(INDEX_WIDTHS[width]), "record_size": record_layout(args.k, width)[0]}
     if args.json:
-        print(json.dumps({m: {"bytes": b, "MB": b / 1e6, "MiB": b / 2**20} for m, b in rows.items()}, indent=2))
+        sizes = {m: {"bytes": b, "MB": b / 1e6, "MiB": b / 2**20} for m, b in rows.items()}
+        print(json.dumps({**sizes, "ced_layout": layout}, indent=2))
         return
-    print(f"{args.num_epochs} epoch(s) x {args.num_samples} samples, {args.num_classes} classes, k={args.k}")
+    print(f"{args.num_epochs} epoch(s) x {args.num_samples} samples, {args.num_classes} classes, k={args.k}; "
+          f"ced: {layout['index_dtype']} class indices, {layout['record_size']}-byte records")
     for method, size in rows.items():
         print(f"  {method:5} {size:>16,} bytes {size / 1e6:>12,.2f} MB {size / 2**20:>12,.2f} MiB")
 
@@ -191,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, required=True, help="C, classes of the teacher")
     p.add_argument("--k", type=int, required=True, help="values kept per record")
     p.add_argument("--num-epochs", type=int, default=1, help="E, stored augmentation epochs (default 1)")
+    p.add_argument("--index-dtype", choices=("auto", "int16", "int32"), default="auto",
+                   help="class indices of the ced records: int16 (C <= 32767), int32 (C <= 2**24), or auto: "
+                        "int16 when C fits, as cedstore.create picks (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_cmd_size)
     p = sub.add_parser("merge", help="merge per-rank shards into one sealed store",

@@ -51,8 +51,8 @@ def test_info(partial, run):
     result = run("info", partial)
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{partial}: cedstore format 1.1, probability values"
-    assert lines[1] == "  samples 4, epochs 2, classes 5, k 2, record 12 bytes, keys yes"
+    assert lines[0] == f"{partial}: cedstore format 1.2, probability values"
+    assert lines[1] == "  samples 4, epochs 2, classes 5, k 2, record 12 bytes (int16 class indices), keys yes"
     assert lines[2].startswith("  file 4192 bytes = records 96 + overhead 4096")
     assert lines[3].startswith("  epoch 0: 4/4 written, sealed crc32 ")
     assert lines[4] == "  epoch 1: 2/4 written, open"
@@ -90,7 +90,7 @@ def test_size(run):
     result = run("size", "--num-samples", 1904746, "--num-classes", 527, "--k", 20)
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
-        "1 epoch(s) x 1904746 samples, 527 classes, k=20",
+        "1 epoch(s) x 1904746 samples, 527 classes, k=20; ced: int16 class indices, 84-byte records",
         "  ced        159,998,664 bytes       160.00 MB       152.59 MiB",
         "  fp16     2,007,602,284 bytes     2,007.60 MB     1,914.60 MiB",
         "  fp32     4,015,204,568 bytes     4,015.20 MB     3,829.20 MiB",
