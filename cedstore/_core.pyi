@@ -13,12 +13,13 @@ import numpy as np
 
 MAGIC: bytes  # b"CEDSTORE"
 FORMAT_VERSION: int  # 1, the major version
-FORMAT_MINOR_VERSION: int  # 1, the minor version this core writes (it reads every 1.x)
+FORMAT_MINOR_VERSION: int  # 2, the minor version this core writes (it reads every 1.x)
 MAX_METADATA_LENGTH: int  # 16 MiB
 HEADER_SIZE: int  # 128
 RECORDS_ALIGN: int  # 4096
 SECTION_ALIGN: int  # 8
-MAX_CLASSES: int  # 32767
+MAX_CLASSES: int  # 32767, with int16 class indices (index_width 0)
+MAX_CLASSES_WIDE: int  # 2**24, with int32 class indices (index_width 4)
 UNWRITTEN_INDEX: int  # -1
 
 def crc32(data: bytes | memoryview, value: int = 0) -> int:
@@ -28,9 +29,9 @@ def encode_topk(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each row of float32 or float16 [B, C] per FORMAT.md. `dense` is read in place
     without the GIL: changing it meanwhile gives an undefined selection, never a crash.
 
-    Returns (values float16 [B, k], indices int16 [B, k]). Raises InvalidInputError on NaN/Inf
-    (naming the row and class), on overflow to Inf in fp16, on k outside [1, C], C > 32767,
-    or a wrong ndim/dtype.
+    Returns (values float16 [B, k], indices [B, k]: int16 when C <= 32767, else int32, as a store
+    of C classes holds them by default). Raises InvalidInputError on NaN/Inf (naming the row and
+    class), on overflow to Inf in fp16, on k outside [1, C], C > 2**24, or a wrong ndim/dtype.
     """
 
 class Reader:
@@ -45,12 +46,13 @@ class Reader:
 
     def __init__(self, path: str) -> None: ...
     path: str
-    format_version: str  # of the file: "1.0" or "1.1"
+    format_version: str  # of the file: "1.0", "1.1" or "1.2"
     k: int
     num_classes: int
     num_samples: int
     num_epochs: int
     record_size: int
+    index_width: int  # 0: int16 class indices; 4: int32 (format 1.2's wide layout)
     value_kind: int  # 0 probability, 1 logit
     records_offset: int
     file_size: int
@@ -107,8 +109,10 @@ class Writer:
         metadata_json: bytes,
         keys: list[str] | None,
         overwrite: bool = False,
+        index_width: int = 0,
     ) -> "Writer":
-        """Create a new file (records filled with 0xFF, all epochs open). Raises
+        """Create a new file (records filled with 0xFF, all epochs open); index_width 0 stores
+        int16 class indices (C <= 32767), 4 int32 (C <= 2**24). Raises
         InvalidInputError for bad shapes/keys (empty, duplicate — naming both samples, not
         UTF-8), FileExistsError unless overwrite, CedStoreError when overwriting a file another
         writer holds."""
@@ -122,6 +126,7 @@ class Writer:
     num_classes: int
     num_samples: int
     num_epochs: int
+    index_width: int
     def write_dense(self, epoch: int, sample_ids: np.ndarray, dense: np.ndarray, seeds: np.ndarray) -> None:
         """Encode float32/float16 [B, C] rows and store them with their seeds (int32, or int64
         within int32 range, [B]). Duplicate ids within one call are refused."""
