@@ -2,6 +2,7 @@
 
 import doctest
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -307,3 +308,117 @@ def test_large_cpu_batch_reaches_the_stft_in_sub_batches():
     frontend(torch.zeros(5, TEN_SECONDS))
     frontend(torch.zeros(25, SR))
     assert seen == [(1, TEN_SECONDS)] * 5 + [(10, SR), (10, SR), (5, SR)]
+
+
+# ---- per-thread scratch for the STFT's buffers --------------------------------------------------
+
+
+def _plain_power_mel(mel_spectrogram, waves):
+    """MelSpectrogram's result through torch.stft, without the scratch buffers."""
+    return mel_spectrogram.mel_scale(mel_spectrogram.spectrogram(waves))
+
+
+def _in_new_thread(fn):
+    """Run ``fn`` in a fresh thread (fresh scratch) and return its result."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(fn()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def _scratch_buffers():
+    return dict(ced_train.frontend._scratch.__dict__.get("buffers", {}))
+
+
+@pytest.mark.parametrize("grad_mode", ["inference_mode", "no_grad", "enable_grad"])
+@pytest.mark.parametrize("num_clips, num_samples", [(1, TEN_SECONDS), (3, SR), (2, 4321), (7, 1000), (1, 257), (40, 4000)])
+def test_scratch_path_equals_torch_stft_path_bit_for_bit(frontend, grad_mode, num_clips, num_samples):
+    mel = frontend[0]
+    rng = np.random.default_rng(num_samples)
+    scales = 10.0 ** rng.uniform(-4, 3, (num_clips, 1))
+    waves = torch.from_numpy((scales * rng.standard_normal((num_clips, num_samples))).astype(np.float32))
+    with getattr(torch, grad_mode)():
+        assert mel._may_reuse_scratch(waves)  # teeth: this is the path under test
+        assert torch.equal(mel(waves), _plain_power_mel(mel, waves))
+        assert torch.equal(frontend(waves), frontend[1](_plain_power_mel(mel, waves)))
+
+
+def test_results_never_alias_the_scratch(frontend):
+    rng = np.random.default_rng(11)
+    first_wave, second_wave = (torch.from_numpy(rng.standard_normal((1, SR)).astype(np.float32)) for _ in range(2))
+    first_db, first_power = frontend(first_wave), frontend[0](first_wave)
+    kept_db, kept_power = first_db.clone(), first_power.clone()
+    second_db, second_power = frontend(second_wave), frontend[0](second_wave)
+    assert torch.equal(first_db, kept_db) and torch.equal(first_power, kept_power)  # not overwritten
+    assert not torch.equal(second_db, first_db)
+    assert torch.equal(second_db, frontend[1](_plain_power_mel(frontend[0], second_wave)))
+    for result in (first_db, first_power, second_db, second_power):
+        start, end = result.data_ptr(), result.data_ptr() + result.nbytes
+        for buffer in _scratch_buffers().values():
+            assert end <= buffer.data_ptr() or buffer.data_ptr() + buffer.nbytes <= start
+
+
+def test_scratch_is_kept_across_calls_and_grows_only_when_needed(frontend):
+    def run():
+        frontend(torch.randn(1, SR))
+        first = {role: buf.data_ptr() for role, buf in _scratch_buffers().items()}
+        frontend(torch.randn(2, SR // 4))  # fewer samples in all: the same buffers
+        same = {role: buf.data_ptr() for role, buf in _scratch_buffers().items()}
+        frontend(torch.randn(1, 3 * SR))
+        grown = {role: buf.numel() for role, buf in _scratch_buffers().items()}
+        return first, same, grown
+
+    first, same, grown = _in_new_thread(run)
+    assert set(first) == {"padded", "windowed", "power"} and first == same
+    assert grown["windowed"] == num_frames(3 * SR) * N_FFT
+
+
+def test_scratch_made_in_inference_mode_is_reused_outside_it(frontend):
+    def run():
+        wave = torch.randn(2, SR, generator=torch.Generator().manual_seed(3))
+        with torch.inference_mode():
+            inside = frontend(wave)
+        outside = frontend(wave)  # would raise on an inference tensor updated in place
+        return inside, outside
+
+    inside, outside = _in_new_thread(run)
+    assert torch.equal(inside, outside)
+
+
+def test_concurrent_threads_each_get_their_own_scratch(frontend):
+    rng = np.random.default_rng(5)
+    waves = [torch.from_numpy(rng.standard_normal((1, SR)).astype(np.float32)) for _ in range(2)]
+    expected = [frontend[1](_plain_power_mel(frontend[0], w)) for w in waves]
+    barrier, failures = threading.Barrier(2), []
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(20):
+            if not torch.equal(frontend(waves[i]), expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["requires_grad", "longer_than_a_sub_batch", "win_length_below_n_fft", "float64_buffers"],
+)
+def test_torch_stft_path_where_scratch_does_not_apply(case):
+    mel, waves = MelSpectrogram(), torch.randn(2, SR)
+    if case == "requires_grad":
+        waves.requires_grad_(True)
+    elif case == "longer_than_a_sub_batch":
+        waves = torch.randn(1, TEN_SECONDS + 1)
+    elif case == "win_length_below_n_fft":
+        mel = MelSpectrogram(win_length=400)
+    else:
+        mel = mel.double()
+    assert not mel._may_reuse_scratch(waves)
+    assert torch.equal(mel(waves), _plain_power_mel(mel, waves.float()))
