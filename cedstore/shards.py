@@ -9,9 +9,8 @@ records, so W ranks together need the disk of one store, not W.
 
 Example:
     >>> rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    >>> path = f"teacher.rank{rank}.ced"
-    >>> w = (shards.resume_shard(path) if os.path.exists(path) else
-    ...      shards.create_shard(path, rank, world, num_classes=527, k=20, num_samples=n))
+    >>> w = shards.create_shard(f"teacher.rank{rank}.ced", rank, world, num_classes=527, k=20,
+    ...                         num_samples=n, resume=True)  # a rerun carries on where it stopped
     >>> todo = w.sample_ids[~w.written(0)]          # global ids still to write
     >>> w.write(0, todo, probs=teacher(todo), seeds=seeds[todo])
     >>> w.close()
@@ -28,7 +27,9 @@ import numpy as np
 from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError, UnwrittenRecordError
 from cedstore.store import Store
-from cedstore.writer import Writer, create, create_replacing, resume
+from cedstore.format import MAGIC, decode_metadata, encode_metadata
+from cedstore.writer import Writer, create, create_replacing
+from cedstore.writer import resume as _resume  # create_shard has a `resume` argument
 
 SHARD_KEY = "shard"  # an ordinary metadata key (not reserved in FORMAT.md), documented in docs/SHARDS.md
 _SHARD_FIELDS = ("rank", "world_size", "num_samples")
@@ -138,8 +139,9 @@ class ShardWriter:
 
 
 def create_shard(path: str | os.PathLike, rank: int, world_size: int, *, num_samples: int,
-                 keys: list[str] | None = None, metadata: dict | None = None, **create_args) -> ShardWriter:
-    """Create rank `rank`'s compact shard of a store of `num_samples` samples.
+                 keys: list[str] | None = None, metadata: dict | None = None, resume: bool = False,
+                 **create_args) -> ShardWriter:
+    """Create rank `rank`'s compact shard of a store of `num_samples` samples (or resume it).
 
     Args:
         path: the shard file, e.g. f"teacher.rank{rank}.ced".
@@ -147,15 +149,21 @@ def create_shard(path: str | os.PathLike, rank: int, world_size: int, *, num_sam
         num_samples: N of the whole store.
         keys: the whole store's N keys (every rank passes the same list), or None.
         metadata: the whole store's metadata (every rank passes the same); must not hold "shard".
+        resume: when `path` exists, resume it if it is this rank's shard of the same store
+            (shape, keys and metadata as given), and replace it if an interrupted create left it
+            without a header; the one call a rerun job needs.
         **create_args: the other arguments of cedstore.create (num_classes, k, num_epochs,
             value_kind, overwrite).
 
     Raises:
         InvalidInputError: a bad rank or world size (world_size > num_samples included), keys
-            that are not N, metadata holding "shard"; and the errors of cedstore.create.
+            that are not N, metadata holding "shard"; with `resume`, a file at `path` that is
+            another shard or store; and the errors of cedstore.create and cedstore.resume.
 
     Example:
         >>> w = create_shard("t.rank0.ced", 0, 8, num_classes=527, k=20, num_samples=n, keys=keys)
+        >>> w = create_shard(f"t.rank{rank}.ced", rank, world, num_classes=527, k=20, num_samples=n,
+        ...                  resume=True)  # after a kill: carry on where this rank stopped
     """
     path = os.fspath(path)
     rank, world_size, num_samples = _check_layout(path, rank, world_size, num_samples)
@@ -169,9 +177,42 @@ def create_shard(path: str | os.PathLike, rank: int, world_size: int, *, num_sam
             raise InvalidInputError(f"{path}: keys has {len(keys)} entries, expected num_samples = {num_samples}")
         keys = keys[rank::world_size]
     shard = {"rank": rank, "world_size": world_size, "num_samples": num_samples}
+    metadata = {**(metadata or {}), SHARD_KEY: shard}
+    if resume and os.path.exists(path):
+        if not _interrupted_create(path):
+            _check_same_job(path, keys, metadata, create_args)
+            return ShardWriter(_resume(path), rank, world_size, num_samples)
+        create_args = {**create_args, "overwrite": True}
     writer = create(path, num_samples=shard_num_samples(rank, world_size, num_samples), keys=keys,
-                    metadata={**(metadata or {}), SHARD_KEY: shard}, **create_args)
+                    metadata=metadata, **create_args)
     return ShardWriter(writer, rank, world_size, num_samples)
+
+
+def _interrupted_create(path: str) -> bool:
+    """The core writes the header last, so a create killed early leaves zero (or no) magic bytes."""
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)).strip(b"\0") == b""
+
+
+def _check_same_job(path: str, keys: list[str] | None, metadata: dict, create_args: dict) -> None:
+    """Refuse to resume a file that is not the shard these create_shard arguments describe."""
+    as_stored = decode_metadata(encode_metadata({**metadata, "writer": ""}), path)  # tuples become lists, ...
+    with Store(path) as store:
+        expected = {SHARD_KEY: metadata[SHARD_KEY], "num_classes": create_args.get("num_classes"),
+                    "k": create_args.get("k"), "num_epochs": create_args.get("num_epochs", 1),
+                    "value_kind": create_args.get("value_kind", "probability"), "metadata": as_stored, "keys": keys}
+        found = {name: getattr(store, name) for name in expected if name != SHARD_KEY}
+        entry = store.metadata.get(SHARD_KEY)
+        found[SHARD_KEY] = {f: entry.get(f) for f in _SHARD_FIELDS} if isinstance(entry, dict) else entry
+        found["metadata"]["writer"] = ""
+    for name, value in expected.items():
+        if found[name] != value:
+            shown = (f"{found[name]!r}, expected {value!r}" if name not in ("metadata", "keys")
+                     else "not the ones given")
+            raise InvalidInputError(
+                f"{path}: cannot resume it as this shard: its {name} is {shown}; remove the file "
+                "or give the arguments of the job that wrote it"
+            )
 
 
 def _read_shard_entry(store: Store) -> tuple[int, int, int]:
@@ -205,7 +246,7 @@ def resume_shard(path: str | os.PathLike) -> ShardWriter:
     """
     with Store(path) as store:
         rank, world_size, num_samples = _read_shard_entry(store)
-    return ShardWriter(resume(path), rank, world_size, num_samples)
+    return ShardWriter(_resume(path), rank, world_size, num_samples)
 
 
 def _base_metadata(store: Store) -> dict:

@@ -3,9 +3,10 @@
 Usage: python -m torch.distributed.run --standalone --nproc_per_node W shard_worker.py OUT_DIR N C K E
 
 RANK and WORLD_SIZE come from torchrun (no process group is needed). The teacher outputs are
-drawn from a fixed seed, so every run writes the same records. A rank resumes its shard when
-the file exists and writes the records still missing, one per write; with
-CEDSTORE_TEST_KILL_AFTER="n0,n1,..." rank r SIGKILLs itself after writing n_r records.
+drawn from a fixed seed, so every run writes the same records. A rank resumes its shard
+(create_shard(..., resume=True)) and writes the records still missing, one per write; with
+CEDSTORE_TEST_KILL_RANK=r and CEDSTORE_TEST_KILL_AFTER=n, rank r SIGKILLs itself after writing
+n records (torchrun then stops the other ranks).
 """
 
 from __future__ import annotations
@@ -36,18 +37,16 @@ def keys(num_samples: int) -> list[str]:
 def main() -> None:
     out_dir, num_samples, num_classes, k, num_epochs = sys.argv[1], *map(int, sys.argv[2:6])
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    kill_after = os.environ.get("CEDSTORE_TEST_KILL_AFTER")
-    kill_after = int(kill_after.split(",")[rank]) if kill_after else None
+    kill = os.environ.get("CEDSTORE_TEST_KILL_RANK") == str(rank)
+    kill_after = int(os.environ["CEDSTORE_TEST_KILL_AFTER"]) if kill else None
     probs, seeds = teacher(num_samples, num_classes, num_epochs)
     path = os.path.join(out_dir, f"teacher.rank{rank}.ced")
-    if os.path.exists(path):
-        writer = shards.resume_shard(path)
+    existed = os.path.exists(path)
+    writer = shards.create_shard(path, rank, world_size, num_classes=num_classes, k=k, num_samples=num_samples,
+                                 num_epochs=num_epochs, keys=keys(num_samples), metadata=METADATA, resume=True)
+    if existed:
         done = sum(int(writer.written(e).sum()) for e in range(num_epochs))
         print(f"rank {rank} of {world_size}: resumed with {done} records written", flush=True)
-    else:
-        writer = shards.create_shard(path, rank, world_size, num_classes=num_classes, k=k,
-                                     num_samples=num_samples, num_epochs=num_epochs,
-                                     keys=keys(num_samples), metadata=METADATA)
     written = 0
     with writer:
         for epoch in range(num_epochs):

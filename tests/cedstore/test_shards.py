@@ -122,6 +122,39 @@ def test_resume_a_shard_and_finish_it(tmp_path):
     assert pathlib.Path(path).read_bytes() == pathlib.Path(write_shard(tmp_path / "whole.ced", 2, 4, teacher, 3)).read_bytes()
 
 
+def test_create_shard_with_resume_carries_on_replaces_an_interrupted_create_and_refuses_another_job(tmp_path):
+    teacher = make_teacher(1, 5, 4)
+    keys = [f"k{i}" for i in range(5)]
+    args = dict(num_classes=4, k=2, num_samples=5, keys=keys, metadata=METADATA, resume=True)
+    path = tmp_path / "r0.ced"
+    path.write_bytes(bytes(4096))  # a create killed before it wrote the header (the core writes it last)
+    with shards.create_shard(path, 0, 2, **args) as w:
+        w.write(0, [0], probs=teacher.probs[0, [0]], seeds=teacher.seeds[0, [0]])
+        w.close(seal=False)
+    path.with_name("empty.ced").write_bytes(b"")  # killed between open and allocation
+    shards.create_shard(path.with_name("empty.ced"), 0, 2, **args).close()
+    with shards.create_shard(path, 0, 2, **args) as w:
+        assert w.written(0).tolist() == [True, False, False]
+        todo = w.sample_ids[~w.written(0)]
+        w.write(0, todo, probs=teacher.probs[0, todo], seeds=teacher.seeds[0, todo])
+    whole = write_shard(tmp_path / "whole.ced", 0, 2, teacher, 2, keys)
+    assert path.read_bytes() == pathlib.Path(whole).read_bytes()
+    for change, found in [({"k": 3}, "k is 2, expected 3"), ({"num_epochs": 2}, "num_epochs is 1, expected 2"),
+                          ({"metadata": {}}, "metadata is not the ones given"),
+                          ({"keys": keys[::-1]}, "keys is not the ones given")]:
+        with pytest.raises(cedstore.InvalidInputError, match=re.escape(
+                f"{path}: cannot resume it as this shard: its {found}; remove the file or give the "
+                "arguments of the job that wrote it")):
+            shards.create_shard(path, 0, 2, **{**args, **change})
+    with pytest.raises(cedstore.InvalidInputError, match=re.escape(
+            f"{path}: cannot resume it as this shard: its shard is {{'rank': 0, 'world_size': 2, 'num_samples': 5}}, "
+            "expected {'rank': 0, 'world_size': 2, 'num_samples': 7}")):
+        shards.create_shard(path, 0, 2, **{**args, "num_samples": 7, "keys": None})
+    with pytest.raises(FileExistsError):
+        shards.create_shard(path, 0, 2, **{**args, "resume": False})
+    assert path.read_bytes() == pathlib.Path(whole).read_bytes()
+
+
 def test_one_writer_per_shard(tmp_path):
     path = tmp_path / "r1.ced"
     with shards.create_shard(path, 1, 2, num_classes=4, k=2, num_samples=6):
@@ -220,12 +253,12 @@ def test_torchrun_ranks_killed_and_rerun_resume_their_shards(tmp_path):
     num_samples, num_classes, k, num_epochs = 9, 6, 3, 2
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                shard_worker.__file__, str(tmp_path), *map(str, (num_samples, num_classes, k, num_epochs))]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CEDSTORE_TEST_KILL_AFTER": "3,2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CEDSTORE_TEST_KILL_RANK": "0", "CEDSTORE_TEST_KILL_AFTER": "3"}
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert first.returncode != 0, first.stdout + first.stderr  # rank 0 (or both) SIGKILLed
+    assert first.returncode != 0, first.stdout + first.stderr  # rank 0 SIGKILLed; rank 1 done or stopped
     with cedstore.open(tmp_path / "teacher.rank0.ced") as store:
         assert sum(int(store.written(e).sum()) for e in range(num_epochs)) == 3
-    del env["CEDSTORE_TEST_KILL_AFTER"]
+    del env["CEDSTORE_TEST_KILL_RANK"]
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "rank 0 of 2: resumed with 3 records written" in second.stdout
