@@ -58,12 +58,17 @@ def write_seeds(folder: str) -> list[bytes]:
         (4, 4, 4, 3, ["é/1.wav", "z#0-1", "a", "ü"], [4, 2, 0], "logit"),
         (20, 527, 6, 1, [f"clip{i}.flac" for i in range(6)], [6], "probability"),
     ]
+    wide_shapes = [  # int32 class indices (format 1.2): odd k (padding) with few classes, and C past int16
+        (3, 5, 4, 2, ["d", "c", "b", "a"], [4, 1], "probability", np.int32),
+        (2, 40_000, 3, 1, None, [3], "logit", None),
+    ]
     seeds = []
-    for n, (k, c, num_samples, num_epochs, keys, counts, kind) in enumerate(shapes):
+    for n, (k, c, num_samples, num_epochs, keys, counts, kind, *index_dtype) in enumerate(shapes + wide_shapes):
         path = os.path.join(folder, f"seed{n}.ced")
         metadata = {"activation": "sigmoid", "tail_policy": "zero", "user": {"n": n, "x": [1.5, None, {"y": True}]}}
         with cedstore.create(path, num_classes=c, k=k, num_samples=num_samples, num_epochs=num_epochs, keys=keys,
-                             metadata=metadata, value_kind=kind, overwrite=True) as w:
+                             metadata=metadata, value_kind=kind, overwrite=True,
+                             index_dtype=index_dtype[0] if index_dtype else None) as w:
             for epoch, count in enumerate(counts):
                 if count:
                     probs = rng.random((count, c), dtype=np.float32) * (8 if kind == "logit" else 1)
@@ -112,7 +117,7 @@ def reseal(buf: bytearray, epochs: bool = True) -> bytearray:
 
 def _interesting(rng: random.Random, current: int, bits: int) -> int:
     top = 2**bits
-    value = rng.choice([0, 1, 2, 7, 8, 128, 4096, top - 1, top // 2, top // 2 - 1, current - 1, current + 1,
+    value = rng.choice([0, 1, 2, 4, 7, 8, 128, 4096, top - 1, top // 2, top // 2 - 1, current - 1, current + 1,
                         current * 2, current // 2, rng.randrange(top), 2**31, 2**32 - 1, 2**63])
     return value % top
 
@@ -155,7 +160,8 @@ def _json_variants(rng: random.Random) -> bytes:
 
 def _assemble(h: F.Header, metadata: bytes, key_table: bytes, epoch_table: bytes, records: bytes) -> bytearray:
     """The file for new metadata or key table bytes, every other section as it was."""
-    new = F.layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind, len(metadata), len(key_table))
+    new = F.layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind, len(metadata), len(key_table),
+                   h.index_width)
     new = dataclasses.replace(new, **{f: getattr(h, f) for f in ("version", "version_minor") if hasattr(h, f)})
     out = bytearray(new.records_offset + len(records))
     for offset, section in [(0, new.pack()), (F.HEADER_SIZE, metadata), (new.keys_offset, key_table),
@@ -227,17 +233,23 @@ def mutate_record(rng, buf, h):
     k = h.k
     epoch, sample = rng.randrange(h.num_epochs), rng.randrange(h.num_samples)
     start = h.records_offset + (epoch * h.num_samples + sample) * h.record_size
-    what = rng.choice(["index", "value", "seed", "unwrite", "random"])
+    what = rng.choice(["index", "value", "seed", "unwrite", "padding", "random"])
     j = rng.randrange(k)
+    _, indices = F.record_layout(k, h.index_width)
+    width = h.index_dtype.itemsize
+    code = "<h" if width == 2 else "<i"
     if what == "index":
-        struct.pack_into("<h", buf, start + 2 * k + 2 * j,
-                         rng.choice([-1, -2, h.num_classes, h.num_classes - 1, 32767, -32768, 0]))
+        extremes = [32767, -32768] if width == 2 else [32767, 32768, 65535, 2**31 - 1, -(2**31)]
+        struct.pack_into(code, buf, start + indices + width * j,
+                         rng.choice([-1, -2, h.num_classes, h.num_classes - 1, 0, *extremes]))
     elif what == "value":
         struct.pack_into("<H", buf, start + 2 * j, rng.choice([0x7C00, 0xFC00, 0x7E00, 0x7BFF, 0x3C00, 0x8000, 0]))
     elif what == "seed":
-        struct.pack_into("<i", buf, start + 4 * k, rng.randrange(-(2**31), 2**31))
+        struct.pack_into("<i", buf, start + indices + width * k, rng.randrange(-(2**31), 2**31))
     elif what == "unwrite":
-        buf[start + 2 * k:start + 2 * k + 2] = b"\xff\xff"
+        buf[start + indices:start + indices + width] = b"\xff" * width
+    elif what == "padding":  # the two bytes after the values of a wide record of odd k (else a value)
+        buf[start + 2 * k - 2:start + indices] = bytes(rng.randrange(256) for _ in range(indices - 2 * k + 2))
     else:
         buf[start:start + h.record_size] = bytes(rng.randrange(256) for _ in range(h.record_size))
     return reseal(buf, epochs=rng.random() < 0.7), f"record epoch {epoch} sample {sample}: {what} {j}"
@@ -274,10 +286,12 @@ RAW_MUTATIONS = [mutate_header, mutate_length, mutate_bytes]  # safe whatever th
 def _describes(h: F.Header, buf: bytearray) -> bool:
     """Whether the header still lays out exactly this buffer: only then do the structured
     mutations follow its fields (a mutated num_epochs could ask for an epoch table of 32 GiB)."""
-    if h.k < 1 or h.num_samples < 1 or h.num_epochs < 1 or h.record_size != 4 * h.k + 4:
+    if h.index_width not in F.INDEX_WIDTHS or h.k < 1 or h.num_samples < 1 or h.num_epochs < 1:
+        return False
+    if h.record_size != F.record_layout(h.k, h.index_width)[0]:
         return False
     expected = F.layout(h.k, h.num_classes, h.num_samples, h.num_epochs, h.value_kind, h.metadata_length,
-                        h.keys_length)
+                        h.keys_length, h.index_width)
     fields = ("metadata_offset", "keys_offset", "epoch_table_offset", "records_offset", "records_length")
     return expected.file_size == len(buf) and all(getattr(h, f) == getattr(expected, f) for f in fields)
 
