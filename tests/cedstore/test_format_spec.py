@@ -119,8 +119,9 @@ def test_wide_worked_example_in_format_md_is_what_the_library_writes(tmp_path):
 
 def test_a_1_1_file_reads_and_a_wide_file_is_refused_by_the_1_1_rule(tmp_path):
     """The narrow worked example written as 1.1 (its header CRC is the one FORMAT.md 1.1
-    printed) reads exactly as the 1.2 file; the wide example claiming 1.1 is refused at byte 44
-    as every pre-1.2 reader refuses a wide file (bytes 44-47 are reserved0, zero in 1.0 and 1.1)."""
+    printed) reads exactly as the 1.2 file; the wide example claiming 1.1 is refused at byte 44,
+    the 1.1 rule (bytes 44-47 are reserved0, zero in 1.0 and 1.1) that makes every pre-1.2
+    reader refuse a wide file."""
     old = _with_minor_version(spec_example_bytes(), 1)
     assert struct.unpack_from("<I", old, 124)[0] == 0x11FF2EF9  # FORMAT.md 1.1's header_crc
     (tmp_path / "v1_1.ced").write_bytes(old)
