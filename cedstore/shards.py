@@ -201,6 +201,8 @@ def _check_same_job(path: str, keys: list[str] | None, metadata: dict, create_ar
         expected = {SHARD_KEY: metadata[SHARD_KEY], "num_classes": create_args.get("num_classes"),
                     "k": create_args.get("k"), "num_epochs": create_args.get("num_epochs", 1),
                     "value_kind": create_args.get("value_kind", "probability"), "metadata": as_stored, "keys": keys}
+        if create_args.get("index_dtype") is not None:  # None: whatever create picks for C, as C is checked
+            expected["index_dtype"] = np.dtype(create_args["index_dtype"])
         found = {name: getattr(store, name) for name in expected if name != SHARD_KEY}
         entry = store.metadata.get(SHARD_KEY)
         found[SHARD_KEY] = {f: entry.get(f) for f in _SHARD_FIELDS} if isinstance(entry, dict) else entry
@@ -261,7 +263,7 @@ def _check_set(shards: list[Store]) -> tuple[int, int]:
     for shard, (rank, w, n) in zip(shards, entries):
         for name, value, expected in [("world_size", w, world_size), ("num_samples", n, num_samples)] + [
                 (name, getattr(shard, name), getattr(first, name))
-                for name in ("num_epochs", "num_classes", "k", "value_kind", "has_keys")]:
+                for name in ("num_epochs", "num_classes", "k", "value_kind", "index_dtype", "has_keys")]:
             if value != expected:
                 raise InvalidInputError(
                     f"cannot merge shard {shard.path} with {first.path}: {name} is {value!r}, expected {expected!r}"
@@ -354,7 +356,8 @@ def _merge_into(out_path: str, shards: list[Store], progress: bool | None) -> No
         chunk = _CHUNK_ROUNDS * world_size
         with create_replacing(out_path, num_classes=first.num_classes, k=first.k, num_samples=num_samples,
                               num_epochs=num_epochs, keys=_merged_keys(shards, num_samples),
-                              metadata=_base_metadata(first), value_kind=first.value_kind) as writer:
+                              metadata=_base_metadata(first), value_kind=first.value_kind,
+                              index_dtype=first.index_dtype) as writer:
             for epoch in range(num_epochs):
                 views = [shard.records(epoch) for shard in shards]
                 for start in range(0, num_samples, chunk):  # start is a multiple of W: rank r at r::W

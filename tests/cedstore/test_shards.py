@@ -25,10 +25,10 @@ from cedstore import shards
 METADATA = {"activation": "sigmoid", "user": {"run": "shards"}}
 
 
-def write_single(path, teacher: Teacher, k: int, keys=None, metadata=METADATA, value_kind="probability") -> str:
+def write_single(path, teacher: Teacher, k: int, keys=None, metadata=METADATA, **create_args) -> str:
     """The reference: every record written by one cedstore.create writer."""
     with cedstore.create(path, num_classes=teacher.num_classes, k=k, num_samples=teacher.num_samples,
-                         num_epochs=teacher.num_epochs, keys=keys, metadata=metadata, value_kind=value_kind) as w:
+                         num_epochs=teacher.num_epochs, keys=keys, metadata=metadata, **create_args) as w:
         for epoch in range(teacher.num_epochs):
             w.write(epoch, np.arange(teacher.num_samples), probs=teacher.probs[epoch], seeds=teacher.seeds[epoch])
     return str(path)
@@ -54,22 +54,24 @@ def jobs(draw):
     k = draw(st.integers(1, num_classes))
     teacher = make_teacher(draw(st.integers(1, 3)), num_samples, num_classes, seed=draw(st.integers(0, 2**32 - 1)))
     keys = [f"{(7 * i) % 11}/{i}" for i in range(num_samples)] if draw(st.booleans()) else None
-    return world_size, teacher, k, keys, draw(st.sampled_from(["probability", "logit"])), draw(st.randoms())
+    layout = {"value_kind": draw(st.sampled_from(["probability", "logit"])),
+              "index_dtype": draw(st.sampled_from([None, np.int32]))}
+    return world_size, teacher, k, keys, layout, draw(st.randoms())
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(jobs())
 def test_merged_shards_are_the_bytes_of_one_writer(job):
-    world_size, teacher, k, keys, value_kind, random = job
+    world_size, teacher, k, keys, layout, random = job
     num_epochs, num_samples = teacher.num_epochs, teacher.num_samples
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        single = write_single(tmp / "single.ced", teacher, k, keys, value_kind=value_kind)
+        single = write_single(tmp / "single.ced", teacher, k, keys, **layout)
         ranks = list(range(world_size))
         random.shuffle(ranks)  # created, written and listed in a random rank order
         writers = {r: shards.create_shard(tmp / f"r{r}.ced", r, world_size, num_classes=teacher.num_classes, k=k,
                                           num_samples=num_samples, num_epochs=num_epochs, keys=keys,
-                                          metadata=METADATA, value_kind=value_kind) for r in ranks}
+                                          metadata=METADATA, **layout) for r in ranks}
         records = [(e, i) for e in range(num_epochs) for i in range(num_samples)]
         random.shuffle(records)
         while records:  # random batches, each of one epoch and one rank, interleaved over the ranks
@@ -243,6 +245,41 @@ def test_merge_shards_refuses(job, tmp_path):
         assert not (tmp_path / "out.ced").exists() and not (tmp_path / "out.ced.partial").exists()
     with pytest.raises(cedstore.InvalidInputError, match=re.escape(f"{single}: not a compact shard")):
         shards.resume_shard(single)
+
+
+def test_wide_index_layout(tmp_path):
+    """C > 32,767 (int32 class indices, chosen by create) and int32 asked for at small C: the
+    merge keeps the shards' layout, and shards of two layouts are refused."""
+    num_samples, k = 7, 5
+    rng = np.random.default_rng(3)
+    values = np.sort(rng.random((num_samples, k), dtype=np.float32), axis=1)[:, ::-1]
+    for num_classes, index_dtype in [(40_000, None), (300, np.int32)]:
+        indices = np.stack([rng.choice(num_classes, k, replace=False) for _ in range(num_samples)])
+        indices[0, 0] = num_classes - 1  # past int16 in the wide store
+        args = dict(num_classes=num_classes, k=k, num_samples=num_samples, index_dtype=index_dtype)
+        with cedstore.create(tmp_path / f"single{num_classes}.ced", **args) as w:
+            w.write(0, np.arange(num_samples), values=values, indices=indices, seeds=np.arange(num_samples))
+        paths = []
+        for rank in (2, 0, 1):
+            paths.append(tmp_path / f"c{num_classes}.r{rank}.ced")
+            with shards.create_shard(paths[-1], rank, 3, **args) as w:
+                ids = w.sample_ids
+                w.write(0, ids, values=values[ids], indices=indices[ids], seeds=ids)
+            assert cedstore.open(paths[-1]).index_dtype == np.int32
+        shards.merge_shards(tmp_path / f"merged{num_classes}.ced", paths)
+        merged = tmp_path / f"merged{num_classes}.ced"
+        assert merged.read_bytes() == (tmp_path / f"single{num_classes}.ced").read_bytes()
+        assert cedstore.open(merged).topk(0, [0])[1][0, 0] == num_classes - 1
+    narrow = tmp_path / "narrow.r1.ced"
+    with shards.create_shard(narrow, 1, 3, num_classes=300, k=k, num_samples=num_samples) as w:
+        w.write(0, w.sample_ids, values=values[w.sample_ids], indices=indices[w.sample_ids], seeds=w.sample_ids)
+    wide_paths = sorted(tmp_path.glob("c300.r*.ced"))
+    with pytest.raises(cedstore.InvalidInputError, match=re.escape(
+            f"cannot merge shard {narrow} with {wide_paths[0]}: index_dtype is dtype('int16'), expected dtype('int32')")):
+        shards.merge_shards(tmp_path / "mixed.ced", [wide_paths[0], narrow, wide_paths[2]])
+    with pytest.raises(cedstore.InvalidInputError, match=re.escape(
+            f"{narrow}: cannot resume it as this shard: its index_dtype is dtype('int16'), expected dtype('int32')")):
+        shards.create_shard(narrow, 1, 3, num_classes=300, k=k, num_samples=num_samples, index_dtype=np.int32, resume=True)
 
 
 TORCH = importlib.util.find_spec("torch") is not None
