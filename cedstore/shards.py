@@ -26,8 +26,8 @@ import numpy as np
 
 from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError, UnwrittenRecordError
-from cedstore.store import Store
 from cedstore.format import MAGIC, decode_metadata, encode_metadata
+from cedstore.store import Store
 from cedstore.writer import Writer, create, create_replacing
 from cedstore.writer import resume as _resume  # create_shard has a `resume` argument
 
@@ -83,6 +83,7 @@ class ShardWriter:
     num_classes = property(lambda self: self._writer.num_classes)
     k = property(lambda self: self._writer.k)
     num_epochs = property(lambda self: self._writer.num_epochs)
+    index_dtype = property(lambda self: self._writer.index_dtype)
 
     def local_ids(self, sample_ids) -> np.ndarray:
         """int64: the shard sample of each global id; refuses ids out of range or owned by another rank.
@@ -94,7 +95,7 @@ class ShardWriter:
         ids = np.asarray(sample_ids)
         if ids.size and ids.dtype.kind not in "iu":
             raise InvalidInputError(f"{self.path}: sample_ids must be integers, found {ids.dtype}")
-        ids = ids.astype(np.int64).reshape(-1)
+        ids = ids.astype(np.int64)  # any shape: Writer.write refuses all but [B]
         out_of_range = ids[(ids < 0) | (ids >= self.num_samples)]
         if len(out_of_range):
             raise IndexError(f"{self.path}: sample id {out_of_range[0]} out of range [0, {self.num_samples})")
