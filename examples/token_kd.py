@@ -3,13 +3,14 @@ token keyed ``doc#position``, sparse batches, and a KL loss that never builds a 
 
     python examples/token_kd.py             # seconds on a CPU; writes into a temporary folder
 
-At C = 32,000 (Llama-2's vocabulary) a dense float32 target is 128 KB a token; a record at
-K = 20 is 84 bytes, and a sparse batch row (values, indices, tail) 244 bytes. The teacher's
+At C = 50,257 (GPT-2's vocabulary) a dense float32 target is 201 KB a token; a record at
+K = 20 is 124 bytes, and a sparse batch row (values, indices, tail) 244 bytes. The teacher's
 softmax is stored with the ``uniform`` tail policy: the mass outside the top-K is spread
 evenly over the other classes, so the KL below is against a full distribution.
 
-Vocabularies over 32,767 classes (GPT-2's 50,257, Llama-3's 128,256) need the wide index
-layout, which this version of cedstore does not have yet (``num_classes`` is at most 32,767).
+More than 32,767 classes do not fit int16 class indices: ``cedstore.create`` picks the wide
+layout of format 1.2 by itself (int32 indices, ``store.index_dtype``; 84-byte records at
+C <= 32,767, e.g. Llama-2's 32,000, 124-byte records here).
 
 Synthetic documents and a random bigram teacher keep it self-contained.
 """
@@ -28,7 +29,7 @@ import cedstore
 from cedstore import targets
 from cedstore.torch import EpochSampler, TargetDataset, collate, sparse_kl_div
 
-VOCAB, K, INPUT_TOKENS, DIM = 32_000, 20, 500, 32
+VOCAB, K, INPUT_TOKENS, DIM = 50_257, 20, 500, 32  # GPT-2's vocabulary
 DOC_LENGTHS = {"doc0": 37, "doc1": 52, "doc2": 18, "doc3": 41, "doc4": 60, "doc5": 29}
 
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         path = out / "tokens.ced"
         inputs = extract(path, documents, teacher)
         store = cedstore.open(path)
-        print(f"{store.num_samples} token records, C = {store.num_classes}, K = {store.k}: "
+        print(f"{store.num_samples} token records, C = {store.num_classes}, K = {store.k}, "
+              f"{store.index_dtype} class indices, {store.record_size}-byte records: "
               f"{store.file_size / 1e3:.0f} kB on disk; dense float32 would be "
               f"{store.num_samples * store.num_classes * 4 / 1e6:.1f} MB")
 

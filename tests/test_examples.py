@@ -47,4 +47,5 @@ def test_token_kd_finds_a_documents_records_and_the_loss_falls(tmp_path):
     ids = example.document_records(store, "doc3")
     assert [store.keys[i] for i in ids] == [f"doc3#{p}" for p in range(41)]
     np.testing.assert_array_equal(ids, result["doc3_ids"])
-    assert store.num_classes == 32_000 and store.k == 20
+    assert store.num_classes == 50_257 and store.k == 20  # GPT-2: the wide layout, int32 class indices
+    assert store.index_dtype == np.int32 and store.record_size == 124
