@@ -309,7 +309,9 @@ class CED(nn.Module):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, F, T) normalised -> (B, N, D)
         x = self.patch_embed(x)  # (B, D, F/p, T/p)
         x = x + self.time_pos_embed[..., : x.shape[-1]] + self.freq_pos_embed
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D), frequency-major
+        # (B, N, D), frequency-major. Contiguous once here: the transposed view would otherwise
+        # carry through every residual add, and each LayerNorm (forward and backward) copied it.
+        x = x.flatten(2).transpose(1, 2).contiguous()
         return self.norm(self.blocks(x))
 
     def _pooled_chunks(self, logmel: torch.Tensor) -> torch.Tensor:
