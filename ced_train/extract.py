@@ -46,8 +46,10 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,32 @@ from ced_train.teacher import TEACHER_INPUTS, Ensemble, predict
 __all__ = ["Ensemble", "ExtractStats", "extract"]
 
 _log = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h) and the largest M_MMAP_THRESHOLD it accepts on 64-bit
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
+
+
+def _keep_freed_memory() -> bool:
+    """Make glibc keep freed heap memory for reuse instead of handing it back to the OS.
+
+    A teacher's activations (up to 24 MB each for CED-Tiny at B=32) are freed and made again in
+    every batch. With glibc's default, self-tuning thresholds the top of the heap is trimmed and
+    page-faulted in afresh: ~170,000 page faults and 0.5 s of system time per batch of 32 10 s
+    clips (~15 % of it); with these settings none. Buffers up to 32 MB come from the heap, and
+    freed heap memory stays with the process (its footprint keeps its peak; larger buffers are
+    still returned). Process-wide; ``extract`` calls it on the CPU.
+
+    Returns:
+        True if glibc took both settings; False (and nothing changed) on other C libraries.
+
+    Example:
+        >>> _keep_freed_memory()  # doctest: +SKIP
+        True
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) & bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 
@@ -230,6 +258,8 @@ def extract(
     device = torch.device(device)
     if amp_dtype(amp) is not None and device.type != "cuda":
         raise CedTrainError(f"amp {amp!r} needs a CUDA device, got {device}")
+    if device.type == "cpu":
+        _keep_freed_memory()
     path = os.fspath(store_path)
     rank = torch.distributed.get_rank() if distributed.is_distributed() else 0
     world_size = torch.distributed.get_world_size() if distributed.is_distributed() else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -413,3 +414,42 @@ def test_the_command_refuses_to_resume_another_extraction(workdir, cli_store, tm
     assert err.startswith(f"ced-train: error: {out}: refusing to resume: ") and err.count("\n") == 1
     assert "metadata 'teacher' is" in err
     assert out.read_bytes() == cli_store.read_bytes()
+
+
+# ---- the C library's heap on the CPU (issue 11) ---------------------------------------------------
+
+_HEAP_CYCLES = """
+import resource, sys, torch
+from ced_train.extract import _keep_freed_memory
+
+def faults_per_cycle():
+    def cycle():  # three 24 MB activations made and freed together, as in a teacher's batch
+        return [torch.empty(6_000_000).fill_(1.0) for _ in range(3)]
+    for _ in range(3):
+        cycle()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        cycle()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+
+default = faults_per_cycle()
+took = _keep_freed_memory()
+print(default, took, faults_per_cycle())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_kept_heap_memory_is_reused_without_page_faults():
+    # in a child process: the setting is process-wide and cannot be undone
+    out = subprocess.run([sys.executable, "-c", _HEAP_CYCLES], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.split()
+    default, took, kept = float(out[0]), out[1], float(out[2])
+    assert default > 1000  # teeth: glibc's default trims the heap top and faults it in again
+    assert took == "True" and kept == 0
+
+
+def test_extract_keeps_freed_memory_on_the_cpu(monkeypatch, tmp_path, dataset, teacher):
+    calls = []
+    monkeypatch.setattr("ced_train.extract._keep_freed_memory", lambda: calls.append(1) or True)
+    extract(teacher, dataset, tmp_path / "t.ced", store_epochs=1, k=2, batch_size=4)
+    assert calls == [1]
