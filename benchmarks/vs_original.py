@@ -18,6 +18,8 @@ ratio original time / our time (> 1: ours is faster).
   ``ced_train.extract.extract`` (shift, frontend, masks, teacher, top-20 into a cedstore), and
   the share of its time spent writing the store. Original: ``save_logits.py``'s loop (its loader's
   per-item seeding and shift, frontend, masks, forward, ``topk``, resizable HDF5 datasets).
+  Each side runs in its own process (rounds still alternate): ``extract`` makes glibc keep freed
+  memory, a process-wide setting that would otherwise carry over to the original's loop.
 
 Usage (from the repository root):
     python -m benchmarks.vs_original [--parts train model extract] [--rounds 3] [--threads 1]
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -198,30 +201,59 @@ def bench_model(args) -> dict:
 # ---- extraction -------------------------------------------------------------------------------------
 
 
-def bench_extract(args, folder: Path) -> dict:
-    """``extract`` vs the save-logits loop, CED-Tiny teacher (same weights), alternating runs."""
+def _extract_side(side: str, conn, args, folder: str) -> None:
+    """One side of ``bench_extract`` in its own process: runs a round per message until None."""
+    torch.set_num_threads(args.threads)
     batch = args.extract_batch
     clips = Clips(batch * args.extract_batches, seed=1)
     torch.manual_seed(0)
-    tiny = models.create("ced_tiny").eval()
-    teacher = Ensemble([tiny])
+    tiny = models.create("ced_tiny").eval()  # the same weights in both processes
     original = AudioTransformer("tiny", pooling="mean").eval()
     original.load_state_dict(original_weights(tiny))
-    ours_s, original_s, write_share = [], [], []
-    for round_ in range(args.rounds + 1):
-        stats = extract(teacher, clips, folder / f"ours{round_}.ced", store_epochs=1, k=K, batch_size=batch)
-        start = time.perf_counter()
-        loader = loops.batches(loops.sequential_items(clips.waves, clips.keys), batch)
-        records = loops.save_logits_epoch(original, loader, folder / f"original{round_}.h5", topk=K, batch_size=batch)
-        orig = time.perf_counter() - start
-        assert records == stats.records == len(clips)
-        if round_:
-            ours_s.append(stats.seconds / stats.records)
-            original_s.append(orig / records)
-            write_share.append(stats.write_seconds / stats.seconds)
+    while (round_ := conn.recv()) is not None:
+        if side == "ours":
+            stats = extract(Ensemble([tiny]), clips, Path(folder) / f"ours{round_}.ced", store_epochs=1, k=K,
+                            batch_size=batch)
+            conn.send((stats.records, stats.seconds, stats.write_seconds))
+        else:
+            start = time.perf_counter()
+            loader = loops.batches(loops.sequential_items(clips.waves, clips.keys), batch)
+            records = loops.save_logits_epoch(original, loader, Path(folder) / f"original{round_}.h5", topk=K,
+                                              batch_size=batch)
+            conn.send((records, time.perf_counter() - start, 0.0))
+
+
+def bench_extract(args, folder: Path) -> dict:
+    """``extract`` vs the save-logits loop, CED-Tiny teacher (same weights), alternating runs, each
+    side in its own process."""
+    context = multiprocessing.get_context("spawn")
+    sides = {}
+    for side in ("ours", "original"):
+        parent, child = context.Pipe()
+        process = context.Process(target=_extract_side, args=(side, child, args, str(folder)), daemon=True)
+        process.start()
+        sides[side] = (process, parent)
+    per_record = {"ours": [], "original": []}
+    write_share = []
+    try:
+        for round_ in range(args.rounds + 1):  # round 0 warms both up and is not counted
+            for side in sorted(sides, reverse=bool(round_ % 2)):
+                sides[side][1].send(round_)
+                records, seconds, write_seconds = sides[side][1].recv()
+                assert records == args.extract_batch * args.extract_batches
+                if round_:
+                    per_record[side].append(seconds / records)
+                    if side == "ours":
+                        write_share.append(write_seconds / seconds)
+    finally:
+        for process, conn in sides.values():
+            conn.send(None)
+            process.join(timeout=60)
+    ours_s, original_s = per_record["ours"], per_record["original"]
     return {
         "teacher": "ced_tiny (random weights, 527 classes), same weights on both sides",
-        "batch_size": batch, "records_per_round": len(clips), "rounds": args.rounds,
+        "batch_size": args.extract_batch, "records_per_round": args.extract_batch * args.extract_batches,
+        "rounds": args.rounds, "processes": "one per side",
         "ours_s_per_record": ours_s, "original_s_per_record": original_s,
         "ours_records_per_s": 1 / statistics.median(ours_s),
         "original_records_per_s": 1 / statistics.median(original_s),
