@@ -41,7 +41,7 @@ from ced_train.errors import DataError
 
 __all__ = ["AUDIO_SUFFIXES", "MIN_CLIP_SECONDS", "RESAMPLER", "RESAMPLE_MARGIN", "SAMPLE_RATE", "SEGMENT_SECONDS",
            "audio_info", "check_length", "load_audio", "load_chunk", "read_frames", "resample", "resample_segment",
-           "resample_window", "resampled_length", "scan_file"]
+           "resample_window", "resampled_length", "sample_reader", "scan_file"]
 
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -268,3 +268,37 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
         end = min(n, start + block)
         out[start:end] = load_chunk(path, rate, start, end, sample_rate, num_frames=num_frames)
     return out
+
+
+def sample_reader(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_seconds: float = MIN_CLIP_SECONDS
+                  ) -> tuple[int, Callable[[int, int], np.ndarray]]:
+    """A file's length at ``sample_rate`` and a ``read(start, end)`` of its samples, for walking
+    through a long file forwards with memory bounded by a few segments: the samples are those of
+    :func:`load_audio` bit for bit; each segment is decoded once while reads move forwards (the
+    last three are kept).
+
+    Raises:
+        DataError: as :func:`load_audio` (a read raises it for undecodable or non-finite audio).
+
+    Example:
+        >>> num_samples, read = sample_reader("hour.flac")  # doctest: +SKIP
+        >>> first_minute = read(0, 60 * 16000)              # doctest: +SKIP
+    """
+    path = Path(path)
+    rate, num_frames = audio_info(path, sample_rate, min_seconds)
+    n, size = resampled_length(num_frames, rate, sample_rate), SEGMENT_SECONDS * sample_rate
+    kept: dict[int, np.ndarray] = {}
+
+    def segment(index: int) -> np.ndarray:
+        if index not in kept:
+            if len(kept) == 3:
+                del kept[min(kept)]
+            kept[index] = load_chunk(path, rate, index * size, min(n, (index + 1) * size), sample_rate,
+                                     num_frames=num_frames)
+        return kept[index]
+
+    def read(start: int, end: int) -> np.ndarray:
+        parts = [segment(i)[max(0, start - i * size):end - i * size] for i in range(start // size, -(-end // size))]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    return n, read

@@ -3,6 +3,12 @@
 A *model* here is anything that maps a waveform batch to probabilities: an ``nn.Module`` with
 ``predict(wave [B, S]) -> probs [B, C]`` (the CED ViTs of ``ced_train.models``), or any
 callable doing the same. Inputs are float32 tensors at 16 kHz.
+
+:func:`tag` streams a recording through a CED model with memory bounded by a chunk, in two
+passes over the file: the first finds the log-mel's maximum (the top-dB floor is relative to
+the whole recording's maximum), the second computes each ``target_length``-frame chunk's
+log-mel (from its samples plus the STFT's reach on each side, so the frames are the whole
+recording's) and averages the chunks' probabilities, as ``CED.predict`` does on the whole.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .audio import MIN_CLIP_SECONDS, SAMPLE_RATE, load_audio
+from .audio import MIN_CLIP_SECONDS, SAMPLE_RATE, load_audio, sample_reader
 from .data import AudioDataset
 from .errors import CedTrainError
+from .frontend import num_frames
 from .labels import default_names
 from .metrics import mean_average_precision
 from .progress import Progress
@@ -28,6 +35,8 @@ __all__ = ["EvalResult", "evaluate", "write_per_class_csv", "predict", "tag"]
 
 # Shorter input is zero-padded for tagging: one 16-frame patch at a 10 ms hop needs ~0.16 s.
 _MIN_TAG_SAMPLES = SAMPLE_RATE // 4
+# Chunks per model call when tagging a long recording: batched for speed, few for memory.
+_CHUNKS_PER_CALL = 16
 
 
 @dataclass(frozen=True)
@@ -173,12 +182,13 @@ def tag(
     """The ``top`` most probable classes of one recording of any length.
 
     Args:
-        model: an ``nn.Module`` with ``predict`` or a callable (see :func:`predict`); long
-            input is the model's business (CED models average over 10 s chunks).
-        wave_or_path: a path (decoded mono at 16 kHz with :func:`ced_train.audio.load_audio`,
-            in blocks; a file under ``MIN_CLIP_SECONDS`` is refused, as datasets refuse it) or
-            a 1-D float waveform at 16 kHz (numpy or tensor). Input shorter than 0.25 s is
-            zero-padded to 0.25 s.
+        model: a CED model (``ced_train.models``), streamed a ``target_length`` chunk at a
+            time with memory bounded by a chunk (see the module doc), or another ``nn.Module``
+            with ``predict`` or a callable (see :func:`predict`), given the whole recording.
+        wave_or_path: a path (decoded mono at 16 kHz as :func:`ced_train.audio.load_audio`
+            decodes it, a segment at a time; a file under ``MIN_CLIP_SECONDS`` is refused, as
+            datasets refuse it) or a 1-D float waveform at 16 kHz (numpy or tensor). Input
+            shorter than 0.25 s is zero-padded to 0.25 s.
         top: how many classes to return, at least 1 (more than the number of classes returns
             them all).
         names: class names; None: AudioSet names for 527 outputs, else ``class_<i>``.
@@ -199,15 +209,58 @@ def tag(
     if top < 1:
         raise CedTrainError(f"top must be at least 1 (the number of classes to return), got {top}")
     if isinstance(wave_or_path, (str, os.PathLike)):
-        wave = load_audio(wave_or_path, min_seconds=MIN_CLIP_SECONDS)
+        num_samples, read = sample_reader(wave_or_path, min_seconds=MIN_CLIP_SECONDS)
     else:
         wave = torch.as_tensor(wave_or_path, dtype=torch.float32).cpu().numpy()
-    if wave.ndim != 1 or wave.size == 0:
-        raise CedTrainError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
-    wave = np.pad(wave, (0, max(0, _MIN_TAG_SAMPLES - len(wave))))
-    probs = predict(model, wave[None], device)[0]
+        if wave.ndim != 1 or wave.size == 0:
+            raise CedTrainError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
+        num_samples, read = len(wave), lambda start, end: wave[start:end]
+    if num_samples < _MIN_TAG_SAMPLES:
+        wave = np.pad(read(0, num_samples), (0, _MIN_TAG_SAMPLES - num_samples))
+        num_samples, read = len(wave), lambda start, end: wave[start:end]
+    if hasattr(model, "predict_chunk") and hasattr(model, "front_end"):
+        probs = _streamed_probabilities(model, num_samples, read, device)
+    else:  # any other model takes the whole recording
+        probs = predict(model, read(0, num_samples)[None], device)[0]
     names = default_names(len(probs)) if names is None else list(names)
     if len(names) != len(probs):
         raise CedTrainError(f"got {len(names)} names for a model with {len(probs)} outputs")
     best = np.argsort(-probs, kind="stable")[:top]
     return [(int(i), names[i], float(probs[i])) for i in best]
+
+
+def _streamed_probabilities(model, num_samples: int, read: Callable[[int, int], np.ndarray],
+                            device: str | torch.device) -> np.ndarray:
+    """``model.predict`` of the whole recording (``read(start, end)`` of ``num_samples``), up to
+    ``_CHUNKS_PER_CALL`` chunks at a time (see the module doc): float64 ``[C]``."""
+    mel, to_db = model.front_end[0], model.front_end[1]
+    hop = mel.spectrogram.hop_length
+    reach = -(-(mel.spectrogram.n_fft // 2) // hop)  # frames on each side whose samples a frame needs
+    total, chunk = num_frames(num_samples, hop), model.config.target_length
+    step = chunk * _CHUNKS_PER_CALL
+    pieces = [(first, min(total, first + step)) for first in range(0, total, step)]
+
+    def log_mel_power(first: int, stop: int) -> torch.Tensor:  # frames [first, stop): (1, n_mels, T)
+        start = max(0, first - reach) * hop
+        wave = torch.from_numpy(read(start, min(num_samples, (stop + reach) * hop))).to(device)
+        skip = first - start // hop
+        return mel(wave[None])[..., skip:skip + stop - first]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            max_db = max(to_db(log_mel_power(*piece)).amax() for piece in pieces)
+            summed = torch.zeros((), dtype=torch.float64, device=device)
+            for first, stop in pieces:
+                logmel = to_db(log_mel_power(first, stop), max_db=max_db)[0]  # (n_mels, T)
+                full = (stop - first) // chunk
+                chunks = logmel[:, :full * chunk].unflatten(-1, (full, chunk)).transpose(0, 1)  # (full, n_mels, chunk)
+                if full:
+                    summed = summed + model.predict_chunk(chunks).double().sum(0)
+                if full * chunk < stop - first:
+                    last = logmel[None, :, full * chunk:]
+                    summed = summed + model.predict_chunk(last, last_of_many=total > chunk)[0].double()
+    finally:
+        model.train(was_training)
+    return (summed / -(-total // chunk)).cpu().numpy()

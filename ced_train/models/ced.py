@@ -260,6 +260,34 @@ class CED(nn.Module):
         return self.outputlayer(self._pooled_chunks(self.front_end(waveform))).sigmoid().mean(0)
 
     @torch.no_grad()
+    def predict_chunk(self, logmel: torch.Tensor, last_of_many: bool = False) -> torch.Tensor:
+        """Probabilities of one chunk of a log-mel, as ``predict`` scores it; the mean over the
+        chunks of a long input is ``predict``'s result, so a long input can be streamed chunk by
+        chunk (``ced_train.evaluate.tag``).
+
+        Args:
+            logmel: (B, n_mels, T) log-mel in dB, patch_size <= T <= target_length (1 <= T
+                with ``last_of_many``).
+            last_of_many: the chunk ends an input longer than target_length; zero-padded to
+                target_length after the batch norm, as ``predict`` pads the last chunk.
+
+        Returns:
+            (B, num_classes) sigmoid probabilities.
+
+        Raises:
+            ValueError: ``logmel`` has the wrong rank, mel count or number of frames.
+        """
+        n_mels, length = self.config.n_mels, self.config.target_length
+        shortest = 1 if last_of_many else self.config.patch_size
+        if logmel.dim() != 3 or logmel.shape[1] != n_mels or not shortest <= logmel.shape[2] <= length:
+            raise ValueError(f"expected a log-mel chunk of shape (B, {n_mels}, T) with {shortest} <= T <= {length}, "
+                             f"got {tuple(logmel.shape)}")
+        x = self.init_bn(logmel.unsqueeze(1))  # (B, 1, F, T)
+        if last_of_many:
+            x = F.pad(x, (0, self.config.target_length - x.shape[-1]))
+        return self.outputlayer(self._encode(x).mean(1)).sigmoid()
+
+    @torch.no_grad()
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
         """Return clip embeddings for linear probes: mean-pooled final-norm tokens.
 
