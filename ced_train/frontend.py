@@ -346,27 +346,35 @@ class AmplitudeToDB(nn.Module):
         super().__init__()
         self.top_db = top_db
 
-    def forward(self, power: torch.Tensor, max_db: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, power: torch.Tensor, max_db: torch.Tensor | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Map ``power`` [..., F, T] to float32 dB of the same shape.
 
         ``max_db``, when given, replaces each example's own maximum dB: a long example streamed
         in pieces passes the whole example's maximum, so each piece is floored as the whole is.
+        ``out`` (float32, ``power``'s shape; not for autograd), when given, receives the result,
+        computed in place in it: one buffer instead of four, the same bits.
         """
         with _autocast_off(power.device):
-            db = 10.0 * torch.log10(torch.clamp(power.float(), min=AMIN))
+            if out is None:
+                db = 10.0 * torch.log10(torch.clamp(power.float(), min=AMIN))
+            else:
+                db = torch.log10(torch.clamp(power.float(), min=AMIN, out=out), out=out).mul_(10.0)
             if max_db is None:
                 max_db = db.amax(dim=(-2, -1), keepdim=True)
-            return torch.maximum(db, max_db - self.top_db)
+            return torch.maximum(db, max_db - self.top_db, out=out)
 
 
 class LogMelFrontend(nn.Sequential):
     """``nn.Sequential(MelSpectrogram, AmplitudeToDB)`` that runs a large CPU batch in pieces.
 
     On the CPU, a batch of more than ``SUB_BATCH_SAMPLES`` samples is processed in sub-batches
-    of whole clips, written into one output tensor, so that it allocates as a clip-by-clip
-    loop does (see ``SUB_BATCH_SAMPLES``). Every step is per example (the top-dB floor too), so
-    the result is bit for bit that of one call on the whole batch. CUDA inputs, and graphs being traced,
-    compiled or exported, take the whole batch at once.
+    of whole clips (see ``SUB_BATCH_SAMPLES``), each converted to dB in place in its slice of the
+    one output tensor (out of place and copied there where autograd needs it). Every step is per
+    example (the top-dB floor too), so the result is bit for bit that of one call on the whole
+    batch. CUDA inputs, and graphs being traced, compiled or exported, take the whole batch at
+    once.
 
     Example:
         >>> log_mel_frontend()(torch.zeros(3, 160_000)).shape  # three sub-batches of one clip
@@ -375,17 +383,23 @@ class LogMelFrontend(nn.Sequential):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """Map ``wave`` [B, S] (or [S]) to float32 log-mel dB [B, n_mels, T]."""
-        if wave.dim() != 2 or wave.device.type != "cpu" or _is_graph_capture():
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)  # as MelSpectrogram does
+        if wave.dim() != 2 or not len(wave) or wave.device.type != "cpu" or _is_graph_capture():
             return super().forward(wave)
+        mel_spectrogram, to_db = self
+        needs_grad = torch.is_grad_enabled() and wave.requires_grad
         num_clips, clip_samples = wave.shape
         step = max(1, SUB_BATCH_SAMPLES // max(clip_samples, 1))
-        if num_clips <= step:
-            return super().forward(wave)
-        first = super().forward(wave[:step])  # (step, n_mels, T)
-        out = first.new_empty((num_clips, *first.shape[1:]))
-        out[:step] = first
-        for start in range(step, num_clips, step):
-            out[start : start + step] = super().forward(wave[start : start + step])
+        out = None
+        for start in range(0, num_clips, step):
+            power = mel_spectrogram(wave[start : start + step])  # (step, n_mels, T)
+            if out is None:
+                out = power.new_empty((num_clips, *power.shape[1:]))
+            if needs_grad:
+                out[start : start + step] = to_db(power)
+            else:
+                to_db(power, out=out[start : start + step])
         return out
 
 

@@ -422,3 +422,20 @@ def test_torch_stft_path_where_scratch_does_not_apply(case):
         mel = mel.double()
     assert not mel._may_reuse_scratch(waves)
     assert torch.equal(mel(waves), _plain_power_mel(mel, waves.float()))
+
+
+@pytest.mark.parametrize("with_max_db", [False, True])
+def test_to_db_in_place_equals_out_of_place_bit_for_bit(with_max_db):
+    rng = np.random.default_rng(9)
+    power = torch.from_numpy((10.0 ** rng.uniform(-16, 4, (3, N_MELS, 333))).astype(np.float32))
+    power[0, :, :5] = 0.0  # below AMIN
+    max_db = torch.tensor([[[30.0]], [[-5.0]], [[12.5]]]) if with_max_db else None
+    to_db, out = AmplitudeToDB(TOP_DB), torch.full_like(power, float("nan"))
+    expected = to_db(power, max_db)
+    assert to_db(power, max_db, out=out) is out
+    assert torch.equal(out, expected)
+
+
+def test_a_single_clip_call_equals_the_whole_batch_path(frontend):
+    wave = torch.from_numpy(INPUTS["chirp"][:SR].astype(np.float32))
+    assert torch.equal(frontend(wave), _whole_batch(frontend, wave[None]))
