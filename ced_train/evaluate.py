@@ -240,7 +240,7 @@ def _streamed_probabilities(model, num_samples: int, read: Callable[[int, int], 
     step = chunk * _CHUNKS_PER_CALL
     pieces = [(first, min(total, first + step)) for first in range(0, total, step)]
 
-    def log_mel_power(first: int, stop: int) -> torch.Tensor:  # frames [first, stop): (1, n_mels, T)
+    def mel_power(first: int, stop: int) -> torch.Tensor:  # frames [first, stop): (1, n_mels, T)
         start = max(0, first - reach) * hop
         wave = torch.from_numpy(read(start, min(num_samples, (stop + reach) * hop))).to(device)
         skip = first - start // hop
@@ -250,13 +250,13 @@ def _streamed_probabilities(model, num_samples: int, read: Callable[[int, int], 
     model.eval()
     try:
         with torch.inference_mode():
-            max_db = max(to_db(log_mel_power(*piece)).amax() for piece in pieces)
+            max_db = max(to_db(mel_power(*piece)).amax() for piece in pieces)
             summed = torch.zeros((), dtype=torch.float64, device=device)
             for first, stop in pieces:
-                logmel = to_db(log_mel_power(first, stop), max_db=max_db)[0]  # (n_mels, T)
+                logmel = to_db(mel_power(first, stop), max_db=max_db)[0]  # (n_mels, T)
                 full = (stop - first) // chunk
-                chunks = logmel[:, :full * chunk].unflatten(-1, (full, chunk)).transpose(0, 1)  # (full, n_mels, chunk)
                 if full:
+                    chunks = logmel[:, :full * chunk].unflatten(-1, (full, chunk)).transpose(0, 1)  # (full, n_mels, chunk)
                     summed = summed + model.predict_chunk(chunks).double().sum(0)
                 if full * chunk < stop - first:
                     last = logmel[None, :, full * chunk:]
