@@ -47,8 +47,8 @@ SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 # The shortest clip a CED model takes: 16 spectrogram frames (one patch) at hop 160.
 MIN_CLIP_SECONDS = 0.15
-# Output samples decoded beyond each end of a chunk: soxr's filter reaches < 0.05 s at every
-# rate from 8 to 48 kHz; 0.128 s leaves the chunk's samples independent of the window's edges.
+# Output samples decoded beyond each end of a segment: soxr's filter reaches < 0.05 s at every
+# rate from 8 to 48 kHz; 0.128 s keeps the window's edges from reaching the segment's samples.
 RESAMPLE_MARGIN = 2048
 # Seconds of output per resampling segment: a default 10 s dataset chunk is exactly one segment.
 SEGMENT_SECONDS = 10
