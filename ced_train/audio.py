@@ -169,9 +169,9 @@ def check_length(path, num_samples: int, sample_rate: int, min_seconds: float) -
     """Raise a :class:`DataError` naming ``path`` when it is shorter than ``min_seconds``."""
     needed = math.ceil(min_seconds * sample_rate - 1e-9)
     if num_samples < needed:
-        raise DataError(f"{path}: {num_samples / sample_rate:.3f} s ({num_samples} samples at {sample_rate} Hz) "
-                        f"is shorter than the {min_seconds:g} s minimum (16 spectrogram frames: the "
-                        f"shortest clip a CED model takes)")
+        raise DataError(f"{path}: {num_samples / sample_rate:.6g} s ({num_samples} samples at {sample_rate} Hz) "
+                        f"is shorter than the {min_seconds:g} s minimum ({needed} samples; 16 spectrogram "
+                        f"frames: the shortest clip a CED model takes)")
 
 
 def _check_finite(path, x: np.ndarray, start: int, end: int) -> np.ndarray:

@@ -50,10 +50,10 @@ def test_skip_bad_skips_every_bad_file_before_the_keys_are_fixed(tmp_path, caplo
     assert "corrupt.flac: cannot decode audio" in reasons["corrupt.flac"] or \
         "corrupt.flac: decoded" in reasons["corrupt.flac"]
     assert f"{tmp_path / 'nan.wav'}: non-finite audio (NaN or Inf) at sample 100 of [0, 16000)" in reasons["nan.wav"]
-    assert reasons["short.wav"] == (f"{tsv} line 5: {tmp_path / 'short.wav'}: 0.050 s (800 samples at 16000 Hz) "
-                                    "is shorter than the 0.15 s minimum (16 spectrogram frames: the shortest "
+    assert reasons["short.wav"] == (f"{tsv} line 5: {tmp_path / 'short.wav'}: 0.05 s (800 samples at 16000 Hz) "
+                                    "is shorter than the 0.15 s minimum (2400 samples; 16 spectrogram frames: the shortest "
                                     "clip a CED model takes)")
-    assert "0.000 s (1 samples at 16000 Hz)" in reasons["one.wav"]
+    assert "6.25e-05 s (1 samples at 16000 Hz)" in reasons["one.wav"]
     listed = write_skipped(tmp_path / "skipped.tsv", [ds])
     lines = listed.read_text().splitlines()
     assert lines[0] == "source\tfilename\treason" and len(lines) == 5
@@ -65,7 +65,7 @@ def test_skip_bad_skips_every_bad_file_before_the_keys_are_fixed(tmp_path, caplo
 
 def test_without_skip_bad_the_first_bad_file_is_named(tmp_path):
     tsv = _data_set(tmp_path)
-    with pytest.raises(DataError, match=rf"^{tsv} line 5: .*short.wav: 0.050 s \(800 samples"):
+    with pytest.raises(DataError, match=rf"^{tsv} line 5: .*short.wav: 0.05 s \(800 samples"):
         AudioDataset.from_tsv(tsv, min_seconds=MIN_CLIP_SECONDS)
     ds = AudioDataset.from_tsv(write_tsv(tmp_path / "n.tsv", ["nan.wav"]))  # headers only
     with pytest.raises(DataError, match=rf"^{tmp_path / 'nan.wav'}: non-finite audio"):
@@ -74,7 +74,7 @@ def test_without_skip_bad_the_first_bad_file_is_named(tmp_path):
 
 def test_load_audio_refuses_a_clip_under_the_minimum(tmp_path):
     sf.write(str(tmp_path / "short.wav"), _noise(800), SR, subtype="FLOAT")
-    with pytest.raises(DataError, match=r"short.wav: 0.050 s \(800 samples at 16000 Hz\) is shorter than the "
+    with pytest.raises(DataError, match=r"short.wav: 0.05 s \(800 samples at 16000 Hz\) is shorter than the "
                                         r"0.15 s minimum"):
         load_audio(tmp_path / "short.wav", min_seconds=MIN_CLIP_SECONDS)
     assert len(load_audio(tmp_path / "short.wav", min_seconds=0.0)) == 800  # an explicit override takes any length
@@ -84,8 +84,8 @@ def test_the_python_api_refuses_a_clip_under_one_patch_by_default_as_the_command
     sf.write(str(tmp_path / "good.wav"), _noise(SR), SR, subtype="FLOAT")
     sf.write(str(tmp_path / "short.wav"), _noise(2399), SR, subtype="FLOAT")  # one sample under 0.15 s
     tsv = write_tsv(tmp_path / "m.tsv", ["good.wav", "short.wav"], [[0], [1]])
-    why = (f"{tmp_path / 'short.wav'}: 0.150 s (2399 samples at 16000 Hz) is shorter than the 0.15 s minimum "
-           "(16 spectrogram frames: the shortest clip a CED model takes)")
+    why = (f"{tmp_path / 'short.wav'}: 0.149938 s (2399 samples at 16000 Hz) is shorter than the 0.15 s minimum "
+           "(2400 samples; 16 spectrogram frames: the shortest clip a CED model takes)")
     with pytest.raises(DataError, match=rf"^{re.escape(why)}$"):
         load_audio(tmp_path / "short.wav")
     with pytest.raises(DataError, match=rf"^{re.escape(f'{tsv} line 3: {why}')}$"):
@@ -134,7 +134,7 @@ def test_every_command_that_reads_data_skips_the_same_bad_files(tmp_path, capsys
     store = tmp_path / "t.ced"
     extract = ["extract", "--teacher", str(teacher), "--data", str(tsv), "--store-epochs", "1", "--k", "3",
                "--store", str(store), "--batch-size", "4", "--quiet"]
-    assert "bad/short.wav: 0.050 s" in _cli_error(capsys, extract)  # without --skip-bad: the first bad header
+    assert "bad/short.wav: 0.05 s" in _cli_error(capsys, extract)  # without --skip-bad: the first bad header
     assert main([*extract, "--skip-bad"]) == 0
     skipped = (tmp_path / "t.ced.skipped.tsv").read_text().splitlines()
     assert [line.split("\t")[1] for line in skipped[1:]] == [f"bad/{n}" for n in
@@ -143,7 +143,7 @@ def test_every_command_that_reads_data_skips_the_same_bad_files(tmp_path, capsys
 
     out = tmp_path / "run"
     train = ["train", "--store", str(store), "--data", str(tsv), "--epochs", "1", "--out", str(out), *TINY]
-    assert "bad/short.wav: 0.050 s" in _cli_error(capsys, train)
+    assert "bad/short.wav: 0.05 s" in _cli_error(capsys, train)
     assert main([*train, "--skip-bad", "--eval-data", str(tsv)]) == 0
     assert (out / "skipped.tsv").read_text().count("\tbad/nan.wav\t") == 2  # train and eval data
     assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tsv), "--skip-bad", "--quiet"]) == 0
@@ -151,8 +151,8 @@ def test_every_command_that_reads_data_skips_the_same_bad_files(tmp_path, capsys
                  "--skip-bad", "--quiet", "--num-records", "4"]) == 0
     capsys.readouterr()
     line = _cli_error(capsys, ["tag", str(tmp_path / "bad" / "short.wav"), "--checkpoint", str(teacher)])
-    assert line == (f"ced-train: error: {tmp_path / 'bad' / 'short.wav'}: 0.050 s (800 samples at 16000 Hz) is "
-                    "shorter than the 0.15 s minimum (16 spectrogram frames: the shortest clip a CED model takes)")
+    assert line == (f"ced-train: error: {tmp_path / 'bad' / 'short.wav'}: 0.05 s (800 samples at 16000 Hz) is "
+                    "shorter than the 0.15 s minimum (2400 samples; 16 spectrogram frames: the shortest clip a CED model takes)")
     line = _cli_error(capsys, ["tag", str(tmp_path / "bad" / "nan.wav"), "--checkpoint", str(teacher)])
     assert line.startswith(f"ced-train: error: {tmp_path / 'bad' / 'nan.wav'}: non-finite audio (NaN or Inf)")
 
