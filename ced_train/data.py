@@ -257,6 +257,12 @@ class AudioDataset:
 
     # ---- access
 
+    @property
+    def resamples(self) -> bool:
+        """Whether any file is at another rate than ``sample_rate`` (its chunks go through
+        :func:`ced_train.audio.resample`)."""
+        return any(f.rate != self.sample_rate for f in self._files)
+
     def __len__(self) -> int:
         return len(self.keys)
 

@@ -106,12 +106,12 @@ def _keep_freed_memory() -> bool:
 # ---- store -----------------------------------------------------------------------------------
 
 
-def _prepare_store(path: str, metadata: dict, shape: dict, keys: list[str]) -> np.ndarray:
+def _prepare_store(path: str, metadata: dict, shape: dict, keys: list[str], resamples: bool) -> np.ndarray:
     """Create the store (atomically, via ``path.part``) or check that it matches; returns the
     store id of each dataset chunk (see :func:`check_same_extraction` for a data set that lost
     files)."""
     if os.path.exists(path):
-        return check_same_extraction(path, metadata, shape, keys)
+        return check_same_extraction(path, metadata, shape, keys, resamples)
     part = path + ".part"
     writer = cedstore.create(part, **shape, keys=keys, metadata=metadata, overwrite=True)
     writer.close(seal=False)
@@ -279,7 +279,7 @@ def extract(
                           class_names=class_names, extra=metadata)
     shape = dict(num_classes=num_classes, k=k, num_samples=num_samples, num_epochs=store_epochs)
     prepared = []
-    _broadcast_error(lambda: prepared.append(_prepare_store(path, meta, shape, keys)), rank == 0)
+    _broadcast_error(lambda: prepared.append(_prepare_store(path, meta, shape, keys, getattr(dataset, "resamples", False))), rank == 0)
     store_ids = distributed.broadcast_object(prepared[0] if rank == 0 else None)
     distributed.barrier()
 

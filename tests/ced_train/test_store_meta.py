@@ -108,3 +108,27 @@ def test_a_store_records_its_resampler_and_refuses_another_on_resume_and_trainin
             StoreMismatchError, match=rf"old\.ced: the teacher heard audio resampled by 'soxr \(0\)', the student's "
                                       rf"audio is resampled by '{re.escape(RESAMPLER)}'; extract the store again"):
         check_student_fits(store, tiny_model())
+
+
+def test_a_store_made_before_the_resampler_was_recorded_resumes_when_nothing_is_resampled(tmp_path):
+    import soundfile as sf
+
+    from ced_train.extract import Ensemble, extract
+    dataset = load(write_clips(tmp_path / "clips", 4))
+    assert not dataset.resamples
+    path = tmp_path / "old.ced"
+    run = dict(store_epochs=2, k=3, recipe=None, batch_size=4, progress=False)
+    extract(Ensemble([tiny_model(seed=99).eval()]), dataset, path, metadata={"resampler": None}, **run)
+    with cedstore.open(path) as store:
+        assert store.metadata["resampler"] is None
+        before = [store.records(e).tobytes() for e in range(2)]
+    extract(Ensemble([tiny_model(seed=99).eval()]), dataset, path, **run)  # resumes (nothing left to write)
+    with cedstore.open(path) as store:
+        assert [store.records(e).tobytes() for e in range(2)] == before
+
+    wave, rate = sf.read(str(tmp_path / "clips" / "clip000.wav"), dtype="float32")
+    sf.write(str(tmp_path / "clips" / "clip000.wav"), np.repeat(wave, 2), 2 * rate, subtype="FLOAT")
+    resampled = load(tmp_path / "clips" / "train.tsv")
+    assert resampled.resamples and resampled.keys == dataset.keys
+    with pytest.raises(StoreMismatchError, match=r"refusing to resume: .*metadata 'resampler' is null in the store"):
+        extract(Ensemble([tiny_model(seed=99).eval()]), resampled, path, **run)
