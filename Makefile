@@ -37,6 +37,7 @@ bench: install
 	$(PY) benchmarks/sparse.py
 	$(PY) benchmarks/long_files.py
 	$(PY) -m benchmarks.vs_original
+	$(PY) -m benchmarks.roofline
 
 # Fuzzing (tests/cedstore/fuzz_store.py): `make fuzz FUZZ_SECONDS=3600`, or FUZZ_INPUTS=100000;
 # findings (crash, hang, disagreement between the core and the reference) go to fuzz-crashes/.
