@@ -239,8 +239,8 @@ void Reader::for_each_record(int64_t epoch, const int64_t* ids, size_t n, Decode
         // epoch's rewrite sequence is even and the same before and after (FORMAT.md, "Rewriting").
         for (size_t j = 0; j < m; ++j) {
             const uint8_t* src = base + ids[r0 + j] * rs;
-            __builtin_prefetch(src);
-            __builtin_prefetch(src + rs - 1);  // a record may straddle two cache lines
+            for (uint32_t b = 0; b < rs; b += 64) __builtin_prefetch(src + b);
+            __builtin_prefetch(src + rs - 1);  // a record may straddle one cache line more than rs / 64
         }
         const uint64_t before = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
         for (size_t j = 0; j < m; ++j) copy_record(base + ids[r0 + j] * rs, local + j * words, l);

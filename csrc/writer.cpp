@@ -248,11 +248,12 @@ void Writer::close(bool seal) {
     if (closed_.exchange(true)) return;
     std::vector<std::pair<uint32_t, uint32_t>> seals;  // (epoch, crc) of the fully written epochs
     if (seal) {
+        const RecordLayout l = h_.layout();
         for (uint32_t e = 0; e < h_.num_epochs; ++e) {
             const uint8_t* base = epoch_records(e);
             bool complete = true;
             for (uint64_t i = 0; i < h_.num_samples && complete; ++i)
-                complete = record_written(base + i * h_.record_size, h_.layout());
+                complete = record_written(base + i * h_.record_size, l);
             if (complete) seals.emplace_back(e, crc32(base, h_.epoch_bytes()));
         }
     }

@@ -365,3 +365,32 @@ def test_header_rules_for_index_width(tmp_path):
         for read in (lambda: F.read_header(data, str(path)), lambda: cedstore.open(path)):
             with pytest.raises(FormatError, match=message):
                 read()
+
+
+def test_rewrite_race_never_tears_a_wide_record(tmp_path):
+    """test_concurrency's rewrite race on a wide store: indices[0] is a whole int32 word there,
+    not half of one. 200,000 records read while a writer process rewrites every record."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import textwrap  # noqa: PLC0415
+
+    from race_versions import version  # noqa: PLC0415
+    from test_concurrency import _READER, _REWRITER, _child_env, run_python  # noqa: PLC0415
+
+    path, stop = str(tmp_path / "race.ced"), str(tmp_path / "stop")
+    with cedstore.create(path, num_classes=32, k=20, num_samples=256, index_dtype=np.int32) as w:
+        w.write(0, np.arange(256), **version(0, 256))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_REWRITER), path, stop], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_child_env())
+    try:
+        assert writer.stdout.readline().strip() == "ready", writer.stderr.read()
+        reader_output = run_python(_READER, path, str(200_000), timeout=300)
+    finally:
+        open(stop, "w").close()
+        rounds, errors = writer.communicate(timeout=60)
+    assert writer.returncode == 0, errors
+    reads, _ = map(int, reader_output.split())
+    assert int(rounds) > 0 and reads >= 200_000
+    store = cedstore.open(path)
+    assert store.index_dtype == np.int32
+    store.verify(require_complete=False)
