@@ -8,6 +8,11 @@ what made the frontend slow before it kept them in per-thread scratch. The clips
 (a 41 MB tensor for B = 64, more than glibc's 32 MB dynamic mmap threshold), which leaves malloc
 in the state that faulted most. The 1-minute load average is printed for every batch size.
 
+Each call still returns fresh memory (the output, and the FFT's buffer inside ``torch.fft``);
+whether glibc faults those in afresh depends on the process's allocation history, and it differs
+between the two modes. ``--keep-freed-memory`` makes glibc keep freed memory first, as
+``ced_train.extract`` does, so that the comparison is of the code alone.
+
 Usage (from the repository root, or with the package installed):
     python -m benchmarks.frontend [--batch-sizes 1 2 4 ... 64] [--repeats 7] [--threads 1]
 Prints a table and writes benchmarks/results/frontend.json. Takes about two minutes on one core.
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ced_train.extract import _keep_freed_memory
 from ced_train.frontend import SUB_BATCH_SAMPLES, log_mel_frontend
 
 CLIP_SECONDS, SAMPLE_RATE = 10, 16_000
@@ -82,10 +88,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--clip-seconds", type=float, default=CLIP_SECONDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="make glibc keep freed memory first (mallopt), as extraction does")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.keep_freed_memory and _keep_freed_memory()
 
     device = torch.device(args.device)
     frontend = log_mel_frontend().to(device)
@@ -101,6 +110,7 @@ def main() -> None:
         "clip_seconds": args.clip_seconds,
         "repeats": args.repeats,
         "sub_batch_samples": SUB_BATCH_SAMPLES,
+        "keep_freed_memory": kept,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
@@ -112,7 +122,8 @@ def main() -> None:
         "min_cpu_ratio": min(row["cpu_ratio"] for row in rows),
     }
     print(f"log-mel frontend, {args.clip_seconds:g} s clips, {result['device']}, "
-          f"{result['torch_threads']} torch threads, paired median of {args.repeats}")
+          f"{result['torch_threads']} torch threads, paired median of {args.repeats}, "
+          f"glibc keeps freed memory: {kept}")
     print(f"{'batch':>5} {'batched clips/s':>15} {'loop clips/s':>12} {'ratio':>6} {'quartiles':>11} "
           f"{'cpu ratio':>9} {'quartiles':>11} {'faults b/l':>11} {'sys ms b/l':>11} {'load':>5}")
     for row in rows:

@@ -1,7 +1,8 @@
 """How close CED training and extraction come to this CPU's fp32 matmul peak, ours and the original.
 
 Everything is measured in one run on one thread, in CPU time of this process (blind to time
-spent waiting for a core on a shared machine), with the two sides alternating round by round:
+spent waiting for a core on a shared machine); ours, the original and the two floors take turns
+in every round (the order reversed every other round), and ratios are medians of per-round ratios:
 
 - ``peak``: ``torch.mm`` of two 2048 x 2048 float32 matrices, best of ``--peak-repeats`` at the
   start of the run and again at its end (the better one counts: load only ever slows it).
@@ -9,23 +10,24 @@ spent waiting for a core on a shared machine), with the two sides alternating ro
   linear layers cost ``24 D^2`` (qkv 6, proj 2, fc1 8, fc2 8), attention ``4 N D`` (QK^T and AV),
   the patch embedding ``2 * 256 * D``; the head ``2 D C`` per clip. A training step is 3x the
   forward (forward, input gradients, weight gradients), the patch embedding 2x (no input gradient).
-- Floors: the step's linear-layer GEMMs timed on their own, with the shapes and layouts autograd
-  runs (``X W^T + b``, ``dY W``, ``dY^T X``), and ``F.scaled_dot_product_attention`` forward (and
-  backward) timed on its own; the patch embedding and head at the peak rate.
+- Floors: the linear layers' GEMMs run on their own, with the shapes and layouts autograd runs
+  (``X W^T + b``; for training also ``dY W`` and ``dY^T X``), and ``F.scaled_dot_product_attention``
+  (the fastest attention on this CPU) forward (and backward) on its own, all blocks. The patch
+  embedding and head (under 1 % of the FLOPs) are left out of the floor.
 - ``train``: CED-Mini, B=8 x 10 s, fp32 ``model(wave)`` + BCE + backward + ``torch.optim.AdamW``
   (default implementation), ours and the original (``benchmarks/original``, same weights).
 - ``extract``: CED-Tiny forward, B=32 x 10 s, frontend included, under ``torch.inference_mode``.
 
 The ceiling is the original's time over the floor: the largest speed-up any implementation at
-these numerics (fp32, the same GEMMs and attention) could reach on this CPU if everything else
-(frontend, LayerNorm, GELU, softmax, copies, optimizer) cost nothing.
+these numerics (fp32, the same GEMMs and attention kernels) could reach on this CPU if everything
+else (frontend, LayerNorm, GELU, residual adds, copies, optimizer) cost nothing.
 
 The process keeps freed heap memory (``ced_train.extract._keep_freed_memory``, as extraction
 does), for both sides, so page faults do not blur the compute.
 
 Usage (from the repository root):
     python -m benchmarks.roofline [--rounds 4] [--parts train extract]
-Writes benchmarks/results/roofline.json. Takes about 3 minutes on one idle core.
+Writes benchmarks/results/roofline.json. Takes about 2 minutes on one idle core.
 """
 
 from __future__ import annotations
@@ -93,42 +95,50 @@ def _linear_layers(s: dict) -> list[tuple[int, int]]:
     return [(d, 3 * d), (d, d), (d, h), (h, d)]
 
 
-def gemm_floor(s: dict, repeats: int, backward: bool) -> float:
-    """CPU seconds of the linear layers' GEMMs alone, all blocks."""
+def gemm_floor(s: dict, backward: bool):
+    """A function running the linear layers' GEMMs alone, all blocks: ``X W^T + b`` (and, with
+    ``backward``, ``dY W`` and ``dY^T X``) on the shapes and layouts autograd uses."""
     rows, generator = s["batch"] * s["tokens"], torch.Generator().manual_seed(1)
-    seconds = 0.0
+    gemms = []
     for fan_in, fan_out in _linear_layers(s):
         x = torch.randn(rows, fan_in, generator=generator)
         weight = torch.randn(fan_out, fan_in, generator=generator)
-        bias = torch.randn(fan_out, generator=generator)
-        seconds += _best(lambda: torch.addmm(bias, x, weight.t()), repeats)
+        bias, grad = torch.randn(fan_out, generator=generator), torch.randn(rows, fan_out, generator=generator)
+        gemms.append(lambda x=x, weight=weight, bias=bias: torch.addmm(bias, x, weight.t()))
         if backward:
-            grad = torch.randn(rows, fan_out, generator=generator)
-            seconds += _best(lambda: torch.mm(grad, weight), repeats)  # input gradient
-            seconds += _best(lambda: torch.mm(grad.t(), x), repeats)  # weight gradient
-    return seconds * s["depth"]
+            gemms.append(lambda grad=grad, weight=weight: torch.mm(grad, weight))  # input gradient
+            gemms.append(lambda grad=grad, x=x: torch.mm(grad.t(), x))  # weight gradient
+
+    def run():
+        for _ in range(s["depth"]):
+            for gemm in gemms:
+                gemm()
+
+    return run
 
 
-def attention_floor(s: dict, repeats: int, backward: bool) -> float:
-    """CPU seconds of F.scaled_dot_product_attention alone (the q, k, v views of a fused qkv)."""
+def attention_floor(s: dict, backward: bool):
+    """A function running F.scaled_dot_product_attention alone, all blocks, on the q, k, v views
+    of a fused qkv (forward, and backward with ``backward``)."""
     b, n, h = s["batch"], s["tokens"], s["heads"]
     generator = torch.Generator().manual_seed(2)
     qkv = torch.randn(b, n, 3, h, s["dim"] // h, generator=generator, requires_grad=backward)
     grad = torch.randn(b, h, n, s["dim"] // h, generator=generator)
 
     def run():
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
-        if backward:
-            out.backward(grad)
+        with torch.inference_mode(not backward):
+            for _ in range(s["depth"]):
+                q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+                out = F.scaled_dot_product_attention(q, k, v)
+                if backward:
+                    out.backward(grad)
 
-    with torch.inference_mode(not backward):
-        return _best(run, repeats) * s["depth"]
+    return run
 
 
 def paired(runs: dict, rounds: int) -> dict:
-    """CPU seconds of each side's ``fn()`` over ``rounds`` rounds (after one warm-up), sides
-    alternating which goes first."""
+    """CPU seconds of each ``fn()`` in ``runs`` over ``rounds`` rounds (after one warm-up), the
+    order reversed every other round, so that each round's times saw the same load."""
     times = {name: [] for name in runs}
     for round_ in range(rounds + 1):
         for name in sorted(runs, reverse=bool(round_ % 2)):
@@ -138,27 +148,23 @@ def paired(runs: dict, rounds: int) -> dict:
     return times
 
 
-def _summary(flops: float, floor_s: float, times: dict) -> dict:
-    out = {"flops": flops, "floor_s": floor_s, "floor_gflops_per_s": flops / floor_s / 1e9}
+def _summary(flops: dict, times: dict) -> dict:
+    """Per side: median seconds and GFLOP/s; ratios paired round by round."""
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+    out = {"flops": flops["model"]}
     for name, seconds in times.items():
         median = statistics.median(seconds)
-        out[name] = {"s": seconds, "median_s": median, "gflops_per_s": flops / median / 1e9,
-                     "floor_share": floor_s / median}
-    out["ours_vs_original"] = statistics.median(o / u for o, u in zip(times["original"], times["ours"]))
-    out["ceiling_vs_original"] = statistics.median(times["original"]) / floor_s
+        work = flops[name if name in ("gemms", "attention") else "model"]
+        out[name] = {"s": seconds, "median_s": median, "gflops_per_s": work / median / 1e9}
+    floor = [g + a for g, a in zip(times["gemms"], times["attention"])]
+    out["floor_median_s"] = statistics.median(floor)
+    out["ours"]["floor_share"] = statistics.median(f / o for f, o in zip(floor, times["ours"]))
+    out["original"]["floor_share"] = statistics.median(f / o for f, o in zip(floor, times["original"]))
+    out["ours_vs_original"] = ratio("original", "ours")
+    out["ceiling_vs_original"] = statistics.median(o / f for o, f in zip(times["original"], floor))
     return out
-
-
-def _with_peak(result: dict, peak: float) -> dict:
-    """Add the fractions of the matmul peak, and the patch embedding and head at the peak."""
-    rest_s = result.pop("rest_flops") / peak / 1e9
-    result["floor_s"] += rest_s
-    result["floor_gflops_per_s"] = result["flops"] / result["floor_s"] / 1e9
-    result["ceiling_vs_original"] = result["original"]["median_s"] / result["floor_s"]
-    for name in ("ours", "original"):
-        result[name]["fraction_of_peak"] = result[name]["gflops_per_s"] / peak
-        result[name]["floor_share"] = result["floor_s"] / result[name]["median_s"]
-    return result
 
 
 def bench_train(args) -> dict:
@@ -176,20 +182,15 @@ def bench_train(args) -> dict:
         loss.backward()
         optimizer.step()
 
-    runs = {}
+    runs = {"gemms": gemm_floor(s, backward=True), "attention": attention_floor(s, backward=True)}
     for name, model in (("ours", ours), ("original", original)):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         runs[name] = lambda model=model, optimizer=optimizer: step(model, optimizer)
-    times = paired(runs, args.rounds)
     parts = forward_flops(s)
-    flops = 3 * (parts["linear"] + parts["attention"] + parts["head"]) + 2 * parts["patch_embed"]
-    gemm_s = gemm_floor(s, args.floor_repeats, backward=True)
-    attention_s = attention_floor(s, args.floor_repeats, backward=True)
-    return {"rest_flops": 3 * parts["head"] + 2 * parts["patch_embed"],"model": "ced_mini", "shape": s, "flops_by_part_forward": parts,
-            "gemm_floor_s": gemm_s, "attention_floor_s": attention_s,
-            "gemm_floor_gflops_per_s": 3 * parts["linear"] / gemm_s / 1e9,
-            "attention_floor_gflops_per_s": 3 * parts["attention"] / attention_s / 1e9,
-            **_summary(flops, gemm_s + attention_s, times)}
+    flops = {"model": 3 * (parts["linear"] + parts["attention"] + parts["head"]) + 2 * parts["patch_embed"],
+             "gemms": 3 * parts["linear"], "attention": 3 * parts["attention"]}
+    return {"model": "ced_mini", "shape": s, "flops_by_part_forward": parts,
+            **_summary(flops, paired(runs, args.rounds))}
 
 
 def bench_extract(args) -> dict:
@@ -204,15 +205,12 @@ def bench_extract(args) -> dict:
         with torch.inference_mode():
             model(wave)
 
-    times = paired({"ours": lambda: forward(ours), "original": lambda: forward(original)}, args.rounds)
+    runs = {"ours": lambda: forward(ours), "original": lambda: forward(original),
+            "gemms": gemm_floor(s, backward=False), "attention": attention_floor(s, backward=False)}
     parts = forward_flops(s)
-    gemm_s = gemm_floor(s, args.floor_repeats, backward=False)
-    attention_s = attention_floor(s, args.floor_repeats, backward=False)
-    return {"rest_flops": parts["head"] + parts["patch_embed"],"model": "ced_tiny", "shape": s, "flops_by_part_forward": parts,
-            "gemm_floor_s": gemm_s, "attention_floor_s": attention_s,
-            "gemm_floor_gflops_per_s": parts["linear"] / gemm_s / 1e9,
-            "attention_floor_gflops_per_s": parts["attention"] / attention_s / 1e9,
-            **_summary(sum(parts.values()), gemm_s + attention_s, times)}
+    flops = {"model": sum(parts.values()), "gemms": parts["linear"], "attention": parts["attention"]}
+    return {"model": "ced_tiny", "shape": s, "flops_by_part_forward": parts,
+            **_summary(flops, paired(runs, args.rounds))}
 
 
 def main() -> None:
@@ -220,7 +218,6 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["train", "extract"], choices=["train", "extract"])
     parser.add_argument("--rounds", type=int, default=4, help="paired rounds counted (after one warm-up)")
     parser.add_argument("--peak-repeats", type=int, default=5)
-    parser.add_argument("--floor-repeats", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--extract-batch", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -239,7 +236,9 @@ def main() -> None:
               "timing": "process CPU time", "matmul_peak_gflops_per_s": peak,
               "matmul_peak_start_end": peaks, "load_average_1min": load}  # load before, after
     for part, measured in results.items():
-        report[part] = _with_peak(measured, peak)
+        for name in ("ours", "original", "gemms", "attention"):
+            measured[name]["fraction_of_peak"] = measured[name]["gflops_per_s"] / peak
+        report[part] = measured
 
     print(f"roofline, 1 thread, torch {torch.__version__}, CPU time, load {' -> '.join(f'{x:.1f}' for x in load)}")
     print(f"fp32 matmul peak (torch.mm 2048^3): {peak:.1f} GFLOP/s "
@@ -247,14 +246,14 @@ def main() -> None:
     for part in args.parts:
         r = report[part]
         label = "train step, CED-Mini B=8" if part == "train" else "extraction forward, CED-Tiny B=32"
-        print(f"{label}: {r['flops'] / 1e9:.1f} GFLOP; linear GEMMs alone {r['gemm_floor_s']:.2f} s "
-              f"({r['gemm_floor_gflops_per_s']:.1f} GFLOP/s), attention alone {r['attention_floor_s']:.2f} s "
-              f"({r['attention_floor_gflops_per_s']:.1f} GFLOP/s)")
+        print(f"{label}: {r['flops'] / 1e9:.1f} GFLOP; linear GEMMs alone {r['gemms']['median_s']:.2f} s "
+              f"({r['gemms']['gflops_per_s']:.1f} GFLOP/s), attention alone {r['attention']['median_s']:.2f} s "
+              f"({r['attention']['gflops_per_s']:.1f} GFLOP/s)")
         for name in ("ours", "original"):
             side = r[name]
             print(f"  {name:>8}: {side['median_s']:.2f} s, {side['gflops_per_s']:.1f} GFLOP/s = "
-                  f"{100 * side['fraction_of_peak']:.0f} % of peak; the floor is "
-                  f"{100 * side['floor_share']:.0f} % of it")
+                  f"{100 * side['fraction_of_peak']:.0f} % of peak; GEMMs + attention alone take "
+                  f"{100 * side['floor_share']:.0f} % of its time")
         print(f"  ours vs original {r['ours_vs_original']:.2f}x; ceiling (original / floor) "
               f"{r['ceiling_vs_original']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
