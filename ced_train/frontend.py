@@ -43,13 +43,14 @@ AMIN = 1e-10  # power floor before log10, as torchaudio's AmplitudeToDB
 # page-faults them in afresh: 16 clips in one call cost ~14,000 page faults and ran at 0.63x a
 # clip-by-clip loop. Sub-batches of this size allocate as the loop does, keep the working set
 # (~6 MB a clip) in cache and bound the scratch below; with the scratch, sub-batches of 2-16
-# clips still cost 5-15 % more CPU time per clip than one clip.
+# clips still cost 5-20 % more CPU time per clip than one clip.
 SUB_BATCH_SAMPLES = 160_000
 # Per-thread scratch for the padded input, the windowed frames and the power spectrum of CPU
 # calls of at most SUB_BATCH_SAMPLES samples (~3.7 MB for one 10 s clip). Whether glibc keeps a
 # freed multi-megabyte buffer or hands it back to the OS depends on the process's earlier
-# allocations (its mmap threshold rises only when a chunk of at most 32 MB is freed): after one
-# 41 MB tensor was made and freed, every call page-faulted ~1,100 pages afresh and ran 2.5x slower.
+# allocations (its mmap threshold rises only when a chunk of at most 32 MB is freed): in a process
+# whose big tensors had been over 32 MB, every call page-faulted ~1,000 pages afresh per 10 s clip
+# and ran 2.2x slower than with the scratch (benchmarks/frontend.py makes that state first).
 # Buffers kept across calls cannot be handed back. Per thread, so concurrent calls never share.
 _scratch = threading.local()
 
