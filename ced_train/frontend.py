@@ -389,7 +389,6 @@ class LogMelFrontend(nn.Sequential):
         if wave.dim() != 2 or not len(wave) or wave.device.type != "cpu" or _is_graph_capture():
             return super().forward(wave)
         mel_spectrogram, to_db = self
-        needs_grad = torch.is_grad_enabled() and wave.requires_grad
         num_clips, clip_samples = wave.shape
         step = max(1, SUB_BATCH_SAMPLES // max(clip_samples, 1))
         out = None
@@ -397,7 +396,7 @@ class LogMelFrontend(nn.Sequential):
             power = mel_spectrogram(wave[start : start + step])  # (step, n_mels, T)
             if out is None:
                 out = power.new_empty((num_clips, *power.shape[1:]))
-            if needs_grad:
+            if power.requires_grad:  # autograd: out of place, copied into the output
                 out[start : start + step] = to_db(power)
             else:
                 to_db(power, out=out[start : start + step])

@@ -439,3 +439,14 @@ def test_to_db_in_place_equals_out_of_place_bit_for_bit(with_max_db):
 def test_a_single_clip_call_equals_the_whole_batch_path(frontend):
     wave = torch.from_numpy(INPUTS["chirp"][:SR].astype(np.float32))
     assert torch.equal(frontend(wave), _whole_batch(frontend, wave[None]))
+
+
+def test_a_learnable_filterbank_keeps_its_gradient():
+    frontend = log_mel_frontend()
+    frontend[0].mel_scale.fb.requires_grad_(True)  # e.g. fine-tuning the filterbank
+    waves = torch.randn(2, SR, generator=torch.Generator().manual_seed(8))
+    frontend(waves).sum().backward()
+    grad = frontend[0].mel_scale.fb.grad
+    frontend[0].mel_scale.fb.grad = None
+    _whole_batch(frontend, waves).sum().backward()
+    assert grad is not None and torch.equal(grad, frontend[0].mel_scale.fb.grad)
