@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -179,20 +178,49 @@ inline RecordStatus decode_topk_record(const uint8_t* rec, const RecordLayout& l
     return RecordStatus::kOk;
 }
 
-// Repeated classes in one row, without memory the size of C (C may be 2^24): earlier[j] is
-// the last position before j holding cls[j], or -1, from a sort of the (class, position) pairs.
-struct RepeatFinder {
-    std::vector<std::pair<int64_t, uint32_t>> pairs;
-    std::vector<int64_t> earlier;
-
-    void find(const int64_t* cls, uint32_t k) {
-        pairs.resize(k);
-        earlier.assign(k, -1);
-        for (uint32_t j = 0; j < k; ++j) pairs[j] = {cls[j], j};
-        std::sort(pairs.begin(), pairs.end());
-        for (uint32_t j = 1; j < k; ++j)
-            if (pairs[j].first == pairs[j - 1].first) earlier[pairs[j].second] = pairs[j - 1].second;
+// Repeated classes in one row. Up to kMaxClasses classes, a slot per class (at most 256 KiB);
+// above (C may be 2^24), an open-addressing table of at least 2k slots, so that memory does not
+// grow with C. Slots are cleared per row by a generation count: O(1) per class either way.
+class RepeatFinder {
+  public:
+    explicit RepeatFinder(uint32_t num_classes) : direct_(num_classes <= kMaxClasses) {
+        if (direct_) resize(num_classes);
     }
+    // Starts a row of at most k classes.
+    void start(uint32_t k) {
+        if (++generation_ == 0) resize(static_cast<uint32_t>(gen_.size()));  // the count wrapped: clear
+        if (direct_) return;
+        uint32_t slots = 16;
+        while (slots < 2 * k) slots *= 2;
+        if (slots != gen_.size()) resize(slots);
+        mask_ = slots - 1;
+    }
+    // The position of this row that already holds cls (the caller stops at the first repeat),
+    // or -1 after recording cls at position j. Precondition: 0 <= cls < num_classes.
+    int64_t add(int64_t cls, uint32_t j) {
+        uint32_t h = static_cast<uint32_t>(cls);
+        if (!direct_) {
+            h = static_cast<uint32_t>((static_cast<uint64_t>(cls) * 0x9E3779B97F4A7C15ull) >> 40) & mask_;
+            while (gen_[h] == generation_ && key_[h] != cls) h = (h + 1) & mask_;
+            key_[h] = cls;
+        }
+        if (gen_[h] == generation_) return pos_[h];
+        gen_[h] = generation_;
+        pos_[h] = j;
+        return -1;
+    }
+
+  private:
+    void resize(uint32_t slots) {
+        gen_.assign(slots, 0);
+        pos_.assign(slots, 0);
+        if (!direct_) key_.assign(slots, 0);
+        generation_ = 1;
+    }
+    bool direct_;
+    std::vector<int64_t> key_;  // hashed only: the class in each slot
+    std::vector<uint32_t> pos_, gen_;
+    uint32_t generation_ = 0, mask_ = 0;
 };
 
 }  // namespace cedstore

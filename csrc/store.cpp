@@ -295,8 +295,7 @@ void Reader::verify(bool require_complete, int64_t epoch) const {
     if (epoch != -1) epoch_records(epoch);  // range check
     const uint32_t first = epoch == -1 ? 0 : static_cast<uint32_t>(epoch);
     const uint32_t end = epoch == -1 ? h_.num_epochs : first + 1;
-    RepeatFinder repeats;
-    std::vector<int64_t> classes(k);
+    RepeatFinder repeats(c);
     for (uint32_t e = first; e < end; ++e) {
         const auto [state, crc] = epoch_entry(e);
         const bool sealed = state == kEpochSealed;
@@ -311,13 +310,13 @@ void Reader::verify(bool require_complete, int64_t epoch) const {
                 if (require_complete) fail(ErrorKind::kUnwritten, path_, ": epoch ", e, ", sample ", i, ": record not written");
                 continue;
             }
-            for (uint32_t j = 0; j < k; ++j) classes[j] = stored_class(rec, l, j);
-            repeats.find(classes.data(), k);
+            repeats.start(k);
+            const uint8_t* indices = rec + l.indices_offset;
             float previous = 0.0f;
             for (uint32_t j = 0; j < k; ++j) {
-                const int64_t cls = classes[j];
+                const int64_t cls = l.wide ? int64_t{load<int32_t>(indices + 4 * j)} : int64_t{load<int16_t>(indices + 2 * j)};
                 if (cls < 0 || cls >= c) bad("class index ", cls, " at position ", j, " outside [0, ", c, ")");
-                if (repeats.earlier[j] >= 0) bad("class index ", cls, " appears twice");
+                if (repeats.add(cls, j) >= 0) bad("class index ", cls, " appears twice");
                 const uint16_t bits = load<uint16_t>(rec + 2 * j);
                 if (!f16_is_finite(bits)) bad("value at position ", j, " is not finite");
                 const float v = f16_to_f32(bits);

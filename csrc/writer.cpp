@@ -211,10 +211,10 @@ void Writer::write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray 
     const uint32_t k = h_.k, c = h_.num_classes;
     std::vector<uint16_t> vals(n * k);
     std::vector<int32_t> idx(n * k);
-    RepeatFinder repeats;
+    RepeatFinder repeats(c);
     for (size_t r = 0; r < n; ++r) {
         const auto bad = [&](auto... parts) { fail(ErrorKind::kInvalidInput, where(path_, epoch, ids[r], r), ": ", parts...); };
-        repeats.find(indices + r * k, k);
+        repeats.start(k);
         for (uint32_t j = 0; j < k; ++j) {
             const size_t at = r * k + j;
             uint16_t h;
@@ -234,8 +234,8 @@ void Writer::write_topk(int64_t epoch, const int64_t* ids, size_t n, FloatArray 
             const int64_t cls = indices[at];
             if (cls < 0 || cls >= static_cast<int64_t>(c))
                 bad("indices[", r, ", ", j, "] = ", cls, " outside [0, ", c, ")");
-            if (repeats.earlier[j] >= 0)
-                bad("indices[", r, ", ", j, "] = ", cls, " repeats indices[", r, ", ", repeats.earlier[j], "]");
+            const int64_t earlier = repeats.add(cls, j);
+            if (earlier >= 0) bad("indices[", r, ", ", j, "] = ", cls, " repeats indices[", r, ", ", earlier, "]");
             vals[at] = h;
             idx[at] = static_cast<int32_t>(cls);
         }
