@@ -394,3 +394,25 @@ def test_rewrite_race_never_tears_a_wide_record(tmp_path):
     store = cedstore.open(path)
     assert store.index_dtype == np.int32
     store.verify(require_complete=False)
+
+
+@pytest.mark.parametrize("num_classes", [300, 40_000, 2**24])  # a slot per class, then hashing
+@pytest.mark.parametrize("k", [2, 20, 65, 200])
+def test_repeats_are_found_at_any_k_and_c(tmp_path, num_classes, k):
+    """write_topk and verify find a repeated class wherever it is (core, both repeat finders)."""
+    rng = np.random.default_rng(k)
+    classes = rng.choice(num_classes, k, replace=False)
+    values = np.linspace(1, 0, k, dtype=np.float32)[None]
+    path = tmp_path / "r.ced"
+    with cedstore.create(path, num_classes=num_classes, k=k, num_samples=1, index_dtype=np.int32) as w:
+        for at in (k - 1, 1):
+            bad = classes.copy()
+            bad[at] = classes[at - 1]
+            with pytest.raises(InvalidInputError, match=re.escape(
+                    f"indices[0, {at}] = {classes[at - 1]} repeats indices[0, {at - 1}]")):
+                w.write(0, [0], values=values, indices=bad[None], seeds=[0])
+        w.write(0, [0], values=values, indices=classes[None], seeds=[0])
+    cedstore.open(path).verify()
+    corrupt(path, 0, F.record_layout(k, 4)[1] + 4 * (k - 1), int(classes[0]).to_bytes(4, "little"))
+    with pytest.raises(IntegrityError, match=f"epoch 0, sample 0: class index {classes[0]} appears twice"):
+        cedstore.open(path).verify()
