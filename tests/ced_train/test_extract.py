@@ -453,3 +453,5 @@ def test_extract_keeps_freed_memory_on_the_cpu(monkeypatch, tmp_path, dataset, t
     monkeypatch.setattr("ced_train.extract._keep_freed_memory", lambda: calls.append(1) or True)
     extract(teacher, dataset, tmp_path / "t.ced", store_epochs=1, k=2, batch_size=4)
     assert calls == [1]
+    extract(teacher, dataset, tmp_path / "u.ced", store_epochs=1, k=2, batch_size=4, keep_freed_memory=False)
+    assert calls == [1]  # opted out: the C library's settings are left alone
