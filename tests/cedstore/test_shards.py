@@ -293,6 +293,7 @@ def test_torchrun_ranks_killed_and_rerun_resume_their_shards(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CEDSTORE_TEST_KILL_RANK": "0", "CEDSTORE_TEST_KILL_AFTER": "3"}
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode != 0, first.stdout + first.stderr  # rank 0 SIGKILLed; rank 1 done or stopped
+    assert (tmp_path / "teacher.rank0.ced").exists(), first.stdout + first.stderr  # killed, not failed earlier
     with cedstore.open(tmp_path / "teacher.rank0.ced") as store:
         assert sum(int(store.written(e).sum()) for e in range(num_epochs)) == 3
     del env["CEDSTORE_TEST_KILL_RANK"]
