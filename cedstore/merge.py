@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -14,8 +16,31 @@ from cedstore.writer import create_replacing
 _CHUNK = 1 << 16  # samples per pass: bounds memory to a few MiB per shard
 
 
+@contextlib.contextmanager
+def opened_inputs(out_path: str, paths: list[str | os.PathLike], overwrite: bool) -> Iterator[list[Store]]:
+    """The stores at ``paths``, opened (and closed afterwards), once the output may be written."""
+    if not paths:
+        raise InvalidInputError(f"{out_path}: no shards to merge")
+    if os.path.exists(out_path) and not overwrite:
+        raise FileExistsError(f"{out_path} exists; refusing to overwrite it")
+    stores = []
+    try:
+        for path in paths:
+            stores.append(Store(path))
+        yield stores
+    finally:
+        for store in stores:
+            store.close()
+
+
 def _check_same(shards: list[Store]) -> None:
     first = shards[0]
+    for shard in shards:
+        if "shard" in shard.metadata:  # cedstore.shards' entry: a compact shard holds only its rank's ids
+            raise InvalidInputError(
+                f"cannot merge {shard.path}: it is a compact shard (rank {shard.metadata['shard'].get('rank')!r}); "
+                "merge compact shards with cedstore.merge_shards (cedstore merge-shards)"
+            )
     for shard in shards[1:]:
         for name in ("num_samples", "num_epochs", "num_classes", "k", "value_kind", "index_dtype", "has_keys"):
             if getattr(shard, name) != getattr(first, name):
@@ -79,26 +104,22 @@ def merge(out_path: str | os.PathLike, shard_paths: list[str | os.PathLike], ove
         >>> cedstore.merge("teacher.ced", [f"teacher.rank{r}.ced" for r in range(8)])
     """
     out_path = os.fspath(out_path)
-    if not shard_paths:
-        raise InvalidInputError(f"{out_path}: no shards to merge")
-    if os.path.exists(out_path) and not overwrite:
-        raise FileExistsError(f"{out_path} exists; refusing to overwrite it")
-    shards = [Store(path) for path in shard_paths]
-    _check_same(shards)
-    first = shards[0]
-    num_records = first.num_epochs * first.num_samples
-    with Progress("merge", (len(shards) + 1) * num_records, "records", progress) as bar:
-        for shard in shards:
-            shard.verify(require_complete=False)
-            bar.update(num_records)
-        metadata = {name: value for name, value in first.metadata.items() if name != "writer"}
-        with create_replacing(out_path, num_classes=first.num_classes, k=first.k, num_samples=first.num_samples,
-                              num_epochs=first.num_epochs, keys=first.keys, metadata=metadata,
-                              value_kind=first.value_kind, index_dtype=first.index_dtype) as writer:
-            for epoch in range(first.num_epochs):
-                for start in range(0, first.num_samples, _CHUNK):
-                    stop = min(start + _CHUNK, first.num_samples)
-                    records = _merge_chunk(shards, epoch, start, stop).reshape(-1).view(first.records(0).dtype)
-                    writer.write(epoch, np.arange(start, stop), values=records["values"],
-                                 indices=records["indices"], seeds=records["seed"])
-                    bar.update(stop - start)
+    with opened_inputs(out_path, shard_paths, overwrite) as shards:
+        _check_same(shards)
+        first = shards[0]
+        num_records = first.num_epochs * first.num_samples
+        with Progress("merge", (len(shards) + 1) * num_records, "records", progress) as bar:
+            for shard in shards:
+                shard.verify(require_complete=False)
+                bar.update(num_records)
+            metadata = {name: value for name, value in first.metadata.items() if name != "writer"}
+            with create_replacing(out_path, num_classes=first.num_classes, k=first.k, num_samples=first.num_samples,
+                                  num_epochs=first.num_epochs, keys=first.keys, metadata=metadata,
+                                  value_kind=first.value_kind, index_dtype=first.index_dtype) as writer:
+                for epoch in range(first.num_epochs):
+                    for start in range(0, first.num_samples, _CHUNK):
+                        stop = min(start + _CHUNK, first.num_samples)
+                        records = _merge_chunk(shards, epoch, start, stop).reshape(-1).view(first.records(0).dtype)
+                        writer.write(epoch, np.arange(start, stop), values=records["values"],
+                                     indices=records["indices"], seeds=records["seed"])
+                        bar.update(stop - start)

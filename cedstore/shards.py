@@ -27,6 +27,7 @@ import numpy as np
 from cedstore._progress import Progress
 from cedstore.errors import InvalidInputError, UnwrittenRecordError
 from cedstore.format import MAGIC, decode_metadata, encode_metadata
+from cedstore.merge import opened_inputs
 from cedstore.store import Store
 from cedstore.writer import Writer, create, create_replacing
 from cedstore.writer import resume as _resume  # create_shard has a `resume` argument
@@ -333,16 +334,8 @@ def merge_shards(out_path: str | os.PathLike, shard_paths: list[str | os.PathLik
         >>> cedstore.merge_shards("teacher.ced", [f"teacher.rank{r}.ced" for r in range(8)])
     """
     out_path = os.fspath(out_path)
-    if not shard_paths:
-        raise InvalidInputError(f"{out_path}: no shards to merge")
-    if os.path.exists(out_path) and not overwrite:
-        raise FileExistsError(f"{out_path} exists; refusing to overwrite it")
-    shards = [Store(path) for path in shard_paths]
-    try:
+    with opened_inputs(out_path, shard_paths, overwrite) as shards:
         _merge_into(out_path, shards, progress)
-    finally:
-        for shard in shards:
-            shard.close()
 
 
 def _merge_into(out_path: str, shards: list[Store], progress: bool | None) -> None:

@@ -245,6 +245,11 @@ def test_merge_shards_refuses(job, tmp_path):
         assert not (tmp_path / "out.ced").exists() and not (tmp_path / "out.ced.partial").exists()
     with pytest.raises(cedstore.InvalidInputError, match=re.escape(f"{single}: not a compact shard")):
         shards.resume_shard(single)
+    with pytest.raises(cedstore.InvalidInputError, match=re.escape(
+            f"cannot merge {r1}: it is a compact shard (rank 1); merge compact shards with "
+            "cedstore.merge_shards (cedstore merge-shards)")):
+        cedstore.merge(tmp_path / "out.ced", [single, r1])
+    assert not (tmp_path / "out.ced").exists()
 
 
 def test_wide_index_layout(tmp_path):
