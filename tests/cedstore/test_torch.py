@@ -196,6 +196,23 @@ def test_pin_memory(store_path, sparse):
                      _batches(DataLoader(data, batch_size=5, collate_fn=collate)))
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_pin_memory_reaches_every_tensor_of_a_batch(store_path, sparse, monkeypatch):
+    """What DataLoader(pin_memory=True) does to our batches, without an accelerator: torch's
+    pin_memory() walks the batch and calls Tensor.pin_memory on each tensor (stand-in: a copy)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **kw: pinned.append(t.clone()) or pinned[-1])
+    data = TargetDataset(store_path, epoch=0, sparse=sparse)
+    for collate_fn in (collate, None):
+        batch = next(iter(DataLoader(data, batch_size=5, collate_fn=collate_fn)))
+        pinned.clear()
+        out = pin_memory(batch)
+        assert type(out) is dict and out.keys() == batch.keys()
+        assert [id(t) for t in out.values()] == [id(t) for t in pinned]  # every tensor, nothing else
+        _assert_same([out], [batch])
+
+
 def test_float64_and_bfloat16_teacher_outputs_are_cast_to_float32(tmp_path, teacher):
     """Issue 8 item 2: teachers emit float64 (numpy) and bfloat16 (torch); both used to be refused."""
     probs = teacher.probs[0, :4]
