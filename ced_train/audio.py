@@ -126,6 +126,14 @@ def resample_segment(read: Callable[[int, int], np.ndarray], rate: int, target: 
     return _soxr(read(first, stop), rate, target)[start - offset:end - offset]
 
 
+def _gather(segment: Callable[[int], np.ndarray], start: int, end: int, size: int) -> np.ndarray:
+    """Samples ``[start, end)`` of a signal given as its ``size``-sample segments ``segment(index)``."""
+    parts = [segment(i)[max(0, start - i * size):end - i * size] for i in range(start // size, -(-end // size))]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, np.float32)  # no parts when start == end
+
+
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     """``x`` at ``rate`` resampled to ``target``: the canonical resampling, segment by segment
     (see the module doc), exactly :func:`resampled_length` samples.
@@ -136,11 +144,8 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     """
     if rate == target:
         return x
-    n, size = resampled_length(len(x), rate, target), SEGMENT_SECONDS * target
-    out = np.empty(n, dtype=np.float32)
-    for index in range(-(-n // size)):
-        out[index * size:(index + 1) * size] = resample_segment(lambda a, b: x[a:b], rate, target, index, len(x))
-    return out
+    return _gather(lambda index: resample_segment(lambda a, b: x[a:b], rate, target, index, len(x)),
+                   0, resampled_length(len(x), rate, target), SEGMENT_SECONDS * target)
 
 
 def audio_info(path: Path, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.0) -> tuple[int, int]:
@@ -200,12 +205,8 @@ def load_chunk(path: Path, rate: int, start: int, end: int, sample_rate: int = S
         x = read(start, end)
     else:
         num_frames = sf.info(str(path)).frames if num_frames is None else num_frames
-        size = SEGMENT_SECONDS * sample_rate
-        parts = []
-        for index in range(start // size, -(-end // size)):
-            segment = resample_segment(read, rate, sample_rate, index, num_frames)
-            parts.append(segment[max(0, start - index * size):end - index * size])
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        x = _gather(lambda index: resample_segment(read, rate, sample_rate, index, num_frames),
+                    start, end, SEGMENT_SECONDS * sample_rate)
     if len(x) != end - start:
         raise DataError(
             f"{path}: chunk {key or f'{start}-{end}'}: expected {end - start} samples, decoded "
@@ -297,8 +298,4 @@ def sample_reader(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_s
                                      num_frames=num_frames)
         return kept[index]
 
-    def read(start: int, end: int) -> np.ndarray:
-        parts = [segment(i)[max(0, start - i * size):end - i * size] for i in range(start // size, -(-end // size))]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    return n, read
+    return n, lambda start, end: _gather(segment, start, end, size)

@@ -282,10 +282,8 @@ class CED(nn.Module):
         if logmel.dim() != 3 or logmel.shape[1] != n_mels or not shortest <= logmel.shape[2] <= length:
             raise ValueError(f"expected a log-mel chunk of shape (B, {n_mels}, T) with {shortest} <= T <= {length}, "
                              f"got {tuple(logmel.shape)}")
-        x = self.init_bn(logmel.unsqueeze(1))  # (B, 1, F, T)
-        if last_of_many:
-            x = F.pad(x, (0, self.config.target_length - x.shape[-1]))
-        return self.outputlayer(self._encode(x).mean(1)).sigmoid()
+        chunk = length if last_of_many else logmel.shape[2]
+        return self.outputlayer(self._pool(logmel, chunk)[0]).sigmoid()
 
     @torch.no_grad()
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -345,9 +343,12 @@ class CED(nn.Module):
     def _pooled_chunks(self, logmel: torch.Tensor) -> torch.Tensor:
         """Mean-pooled features of each ``target_length`` chunk: (num_chunks, B, D)."""
         self._check_logmel(logmel)
+        return self._pool(logmel, min(logmel.shape[-1], self.config.target_length))
+
+    def _pool(self, logmel: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Mean-pooled features of each ``chunk``-frame piece of ``logmel``: (num_chunks, B, D)."""
         x = self.init_bn(logmel.unsqueeze(1))  # (B, 1, F, T)
         batch, frames = x.shape[0], x.shape[-1]
-        chunk = min(frames, self.config.target_length)
         # Ceil division without negative operands: torch.onnx lowers a symbolic floor division
         # to ONNX integer Div, which truncates, so -(-n // c) exported as one chunk too few.
         num_chunks = (frames + chunk - 1) // chunk
