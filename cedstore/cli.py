@@ -131,20 +131,20 @@ def _cmd_size(args) -> None:
         print(f"  {method:5} {size:>16,} bytes {size / 1e6:>12,.2f} MB {size / 2**20:>12,.2f} MiB")
 
 
-def _cmd_merge(args) -> None:
+def _run_merge(merge, args, shards: str) -> None:
     try:
-        cedstore.merge(args.out, args.shards, overwrite=args.overwrite)
+        merge(args.out, args.shards, overwrite=args.overwrite)
     except FileExistsError as e:
         _fail(f"{e} (use --overwrite to replace it)", 1)
-    print(f"{args.out}: merged {len(args.shards)} shards")
+    print(f"{args.out}: merged {len(args.shards)} {shards}")
+
+
+def _cmd_merge(args) -> None:
+    _run_merge(cedstore.merge, args, "shards")
 
 
 def _cmd_merge_shards(args) -> None:
-    try:
-        cedstore.merge_shards(args.out, args.shards, overwrite=args.overwrite)
-    except FileExistsError as e:
-        _fail(f"{e} (use --overwrite to replace it)", 1)
-    print(f"{args.out}: merged {len(args.shards)} compact shards")
+    _run_merge(cedstore.merge_shards, args, "compact shards")
 
 
 def _cmd_import_ced_h5(args) -> None:
